@@ -1,0 +1,218 @@
+"""Start the whole shop on one machine: Redis, SMTP sink, local Stripe, a worker and the web app.
+
+Every child runs in its own process group and is stopped by its PID on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+ROOT = Path(__file__).resolve().parent.parent
+INSTANCE = ROOT / "instance"
+PYTHON = sys.executable
+
+
+@dataclass
+class Child:
+    """A process the launcher started."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+
+
+@dataclass
+class Launcher:
+    """Starts children, watches them, and stops them all."""
+
+    children: list[Child] = field(default_factory=list)
+
+    def start(self, name: str, command: list[str], env: dict[str, str]) -> Child:
+        print(f"  starting {name}: {' '.join(command)}", flush=True)
+        process = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
+        child = Child(name, process)
+        self.children.append(child)
+        return child
+
+    def stop_all(self) -> None:
+        for child in reversed(self.children):
+            if child.process.poll() is None:
+                os.killpg(child.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for child in reversed(self.children):
+            remaining = max(0.1, deadline - time.monotonic())
+            try:
+                child.process.wait(timeout=remaining)
+            except subprocess.TimeoutExpired:
+                os.killpg(child.process.pid, signal.SIGKILL)
+                child.process.wait()
+            print(f"  stopped {child.name} (pid {child.process.pid})", flush=True)
+
+    def watch(self) -> None:
+        while True:
+            for child in self.children:
+                code = child.process.poll()
+                if code is not None:
+                    print(f"{child.name} exited with {code}; stopping everything.", flush=True)
+                    return
+            time.sleep(0.5)
+
+
+def wait_for_port(host: str, port: int, name: str, timeout: float = 20.0) -> None:
+    """Wait until `name` accepts connections, or give up with a clear message."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.3):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"{name} did not start listening on {host}:{port} within {timeout:.0f}s")
+
+
+def port_is_free(port: int) -> bool:
+    """Whether nothing listens on a loopback port."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def settings() -> dict[str, str]:
+    """The environment the children get: this one, `.env`, and the launcher's defaults."""
+    env = {k: v for k, v in dotenv_values(ROOT / ".env").items() if v is not None}
+    env.update(os.environ)
+    return env
+
+
+def secret_key() -> str:
+    """A development secret kept under instance/, so links survive a restart."""
+    path = INSTANCE / "dev-secret-key"
+    if not path.exists():
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def main() -> None:
+    """Start every part, print the URL, and stop everything on Ctrl-C."""
+    INSTANCE.mkdir(exist_ok=True)
+    env = settings()
+    env.setdefault("SMI_ENV", "development")
+    env.setdefault("SECRET_KEY", secret_key())
+    env.setdefault("FLASK_APP", "wsgi")
+    web_port = int(env.get("SMI_WEB_PORT", "5000"))
+    env.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{web_port}")
+    launcher = Launcher()
+
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        print("Sell My Images: preparing the database", flush=True)
+        for step in (["db", "upgrade"], ["smi", "seed-demo"]):
+            subprocess.run([PYTHON, "-m", "flask", *step], cwd=ROOT, env=env, check=True)
+        print("Sell My Images: starting the embedded shop", flush=True)
+        if "REDIS_URL" not in env:
+            port = int(env.get("SMI_REDIS_PORT", "6390"))
+            if not port_is_free(port):
+                raise SystemExit(f"port {port} is taken; set SMI_REDIS_PORT or REDIS_URL")
+            binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+            launcher.start(
+                "redis",
+                [
+                    binary,
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(INSTANCE),
+                ],
+                env,
+            )
+            wait_for_port("127.0.0.1", port, "redis-server")
+            env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+        if "MAIL_SERVER" not in env:
+            mail_port = int(env.get("MAIL_PORT", "8025"))
+            launcher.start(
+                "smtp-sink",
+                [
+                    PYTHON,
+                    "-m",
+                    "devservers.smtp_sink",
+                    "--port",
+                    str(mail_port),
+                    "--save-dir",
+                    str(INSTANCE / "mail"),
+                ],
+                env,
+            )
+            wait_for_port("127.0.0.1", mail_port, "SMTP sink")
+            env["MAIL_SERVER"], env["MAIL_PORT"] = "127.0.0.1", str(mail_port)
+        if "STRIPE_API_BASE" not in env and importlib.util.find_spec("devservers.stripe_local"):
+            stripe_port = int(env.get("SMI_STRIPE_PORT", "12111"))
+            env.setdefault("STRIPE_SECRET_KEY", "sk_test_local")
+            env.setdefault("STRIPE_WEBHOOK_SECRET", "whsec_local_" + secret_key()[:24])
+            launcher.start(
+                "stripe-local",
+                [
+                    PYTHON,
+                    "-m",
+                    "devservers.stripe_local",
+                    "--port",
+                    str(stripe_port),
+                    "--webhook-url",
+                    f"{env['PUBLIC_BASE_URL']}/webhooks/stripe",
+                    "--webhook-secret",
+                    env["STRIPE_WEBHOOK_SECRET"],
+                ],
+                env,
+            )
+            wait_for_port("127.0.0.1", stripe_port, "local Stripe server")
+            env["STRIPE_API_BASE"] = f"http://127.0.0.1:{stripe_port}"
+        launcher.start("worker", [PYTHON, "-m", "worker"], env)
+        launcher.start(
+            "web",
+            [
+                PYTHON,
+                "-m",
+                "flask",
+                "run",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(web_port),
+                "--with-threads",
+                "--no-reload",
+            ],
+            env,
+        )
+        wait_for_port("127.0.0.1", web_port, "web app")
+        print(f"\nThe shop is running at {env['PUBLIC_BASE_URL']}/", flush=True)
+        print(f"Mail it sends is printed here and saved under {INSTANCE / 'mail'}.", flush=True)
+        print("Press Ctrl-C to stop everything.\n", flush=True)
+        launcher.watch()
+    except KeyboardInterrupt:
+        print("\nStopping…", flush=True)
+    finally:
+        launcher.stop_all()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Sell My Images: the web app and its factory."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from dotenv import load_dotenv
+from flask import Flask
+
+from storefront.config import load_settings
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app: settings, extensions, blueprints, error handlers, CLI and logging."""
+    app = Flask(
+        __name__,
+        instance_path=str(PROJECT_ROOT / "instance"),
+        template_folder=str(PROJECT_ROOT / "templates"),
+        static_folder=str(PROJECT_ROOT / "static"),
+    )
+    load_dotenv(PROJECT_ROOT / ".env")
+    app.config.update(load_settings(app.instance_path, config))
+    _configure_logging(app)
+    _init_extensions(app)
+    _register_blueprints(app)
+    _register_error_handlers(app)
+    _register_cli(app)
+    _register_template_filters(app)
+    return app
+
+
+def _configure_logging(app: Flask) -> None:
+    """One line per event on stdout."""
+    logger = logging.getLogger("smi")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def _init_extensions(app: Flask) -> None:
+    from storefront.extensions import csrf, db, mail, migrate
+
+    Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+    Path(app.config["STORAGE_DIR"]).mkdir(parents=True, exist_ok=True)
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"))
+    mail.init_app(app)
+    csrf.init_app(app)
+
+
+def _register_blueprints(app: Flask) -> None:
+    from storefront.checkout import bp as checkout_bp
+    from storefront.health import bp as health_bp
+    from storefront.shop import bp as shop_bp
+
+    app.register_blueprint(health_bp)
+    app.register_blueprint(shop_bp)
+    app.register_blueprint(checkout_bp)
+
+
+def _register_error_handlers(app: Flask) -> None:
+    from storefront.errors import register_error_handlers
+
+    register_error_handlers(app)
+
+
+def _register_cli(app: Flask) -> None:
+    from storefront.cli import smi
+
+    app.cli.add_command(smi)
+
+
+def _register_template_filters(app: Flask) -> None:
+    from storefront.formatting import format_bytes, format_money
+
+    app.add_template_filter(format_money, "money")
+    app.add_template_filter(format_bytes, "filesize")

@@ -1,0 +1,152 @@
+"""The catalog: posts and their images, the demo content, and image previews."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyvips
+from flask import Flask
+from sqlalchemy import select
+
+from storefront.extensions import db
+from storefront.models import Attachment, Post
+from storefront.storage import resolve, safe_filename, storage_root
+
+DEMO_DIR = Path(__file__).resolve().parent / "demo" / "images"
+PREVIEW_SIZES = {"thumb": 480, "large": 1200}
+MIME_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+
+
+@dataclass(frozen=True)
+class DemoImage:
+    """One of the demo photos and what to call it."""
+
+    filename: str
+    title: str
+    alt_text: str
+
+
+@dataclass(frozen=True)
+class DemoPost:
+    """A demo post and the photos it holds."""
+
+    slug: str
+    title: str
+    body: str
+    images: tuple[DemoImage, ...]
+
+
+DEMO_POSTS = (
+    DemoPost(
+        "space",
+        "Space, from the launch pad to the edge of the universe",
+        "A rocket on its way up, an astronaut at work, and the deepest picture of the sky.",
+        (
+            DemoImage("rocket.jpg", "DSCOVR launch", "A Falcon 9 rocket lifting off in a plume"),
+            DemoImage("astronaut.png", "Eileen Collins", "Astronaut Eileen Collins in her suit"),
+            DemoImage(
+                "hubble_deep_field.jpg",
+                "Hubble eXtreme Deep Field",
+                "Thousands of faint galaxies on black sky",
+            ),
+        ),
+    ),
+    DemoPost(
+        "everyday",
+        "Everyday moments",
+        "A cup of coffee and a cat called Chelsea.",
+        (
+            DemoImage("coffee.png", "Coffee", "A cup of coffee with latte art on a saucer"),
+            DemoImage("chelsea.png", "Chelsea the cat", "A tabby cat looking to the side"),
+        ),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the header of an image file says."""
+
+    width: int
+    height: int
+    mime_type: str
+
+
+def read_image_info(path: Path) -> ImageInfo:
+    """Read an image's real size and type, with its EXIF orientation applied."""
+    image = pyvips.Image.new_from_file(str(path), access="sequential")
+    loader = str(image.get("vips-loader"))
+    kind = next((name for name in MIME_TYPES if name in loader), None)
+    if kind is None:
+        raise ValueError(f"unsupported image type ({loader})")
+    width, height = image.width, image.height
+    if image.get_typeof("orientation") and int(image.get("orientation")) in (5, 6, 7, 8):
+        width, height = height, width
+    return ImageInfo(width, height, MIME_TYPES[kind])
+
+
+def add_image(app: Flask, post: Post, source: Path, *, title: str, alt_text: str) -> Attachment:
+    """Copy an image file into storage and add it to `post` (the caller commits)."""
+    info = read_image_info(source)
+    relative = f"originals/{post.slug}/{safe_filename(source.name)}"
+    target = resolve(app, relative)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    attachment = Attachment(
+        post=post,
+        file_path=relative,
+        original_filename=source.name,
+        mime_type=info.mime_type,
+        width=info.width,
+        height=info.height,
+        file_size=target.stat().st_size,
+        alt_text=alt_text,
+        title=title,
+        for_sale=True,
+    )
+    db.session.add(attachment)
+    return attachment
+
+
+def seed_demo(app: Flask) -> int:
+    """Create the demo posts and images unless the catalog has content; return images added."""
+    if db.session.scalar(select(Post.id).limit(1)) is not None:
+        return 0
+    added = 0
+    for demo in DEMO_POSTS:
+        post = Post(slug=demo.slug, title=demo.title, body=demo.body)
+        db.session.add(post)
+        for image in demo.images:
+            add_image(
+                app, post, DEMO_DIR / image.filename, title=image.title, alt_text=image.alt_text
+            )
+            added += 1
+    db.session.commit()
+    return added
+
+
+def preview_path(app: Flask, attachment: Attachment, size: str) -> Path:
+    """A JPEG preview of `attachment`, made once and kept under storage."""
+    if size not in PREVIEW_SIZES:
+        raise ValueError(f"unknown preview size {size!r}")
+    target = storage_root(app) / "previews" / size / f"{attachment.id}.jpg"
+    original = resolve(app, attachment.file_path)
+    if target.exists() and target.stat().st_mtime >= original.stat().st_mtime:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    edge = PREVIEW_SIZES[size]
+    thumb = pyvips.Image.thumbnail(str(original), edge, height=edge, size="down")
+    if thumb.hasalpha():
+        thumb = thumb.flatten(background=[255, 255, 255])
+    tmp = target.with_name(f".tmp-{target.name}")
+    thumb.jpegsave(str(tmp), Q=85, strip=True, optimize_coding=True, interlace=True)
+    tmp.replace(target)
+    return target
+
+
+def slugify(text: str) -> str:
+    """A URL slug made of lowercase letters, digits and dashes."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "post"

@@ -1,0 +1,149 @@
+"""One settings source: defaults, overridden by the environment (and `.env`), then by the caller."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or malformed; the message names it."""
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def _decimal(raw: str) -> Decimal:
+    try:
+        return Decimal(raw.strip())
+    except InvalidOperation as exc:
+        raise ValueError(f"expected a number, got {raw!r}") from exc
+
+
+def _resolutions(raw: str) -> tuple[str, ...]:
+    values = tuple(part.strip() for part in raw.split(",") if part.strip())
+    unknown = [value for value in values if value not in ("4x", "8x")]
+    if unknown or not values:
+        raise ValueError(f"expected a comma-separated subset of 4x,8x, got {raw!r}")
+    return values
+
+
+def _hosts(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip().lower() for part in raw.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment setting: its name, how to parse it, its default and its allowed range."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    minimum: Any = None
+    maximum: Any = None
+    help: str = ""
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("SECRET_KEY", str, None, help="Flask session signing; required outside development"),
+    Setting("DATABASE_URL", str, None, help="SQLAlchemy URL; default sqlite:///<instance>/smi.db"),
+    Setting("REDIS_URL", str, "redis://127.0.0.1:6379/0", help="Redis for RQ"),
+    Setting("PUBLIC_BASE_URL", str, "http://127.0.0.1:5000", help="absolute base for links"),
+    Setting("STORAGE_DIR", str, None, help="root of originals and deliveries"),
+    Setting("STRIPE_SECRET_KEY", str, None, help="Stripe secret API key"),
+    Setting("STRIPE_WEBHOOK_SECRET", str, None, help="Stripe webhook signing secret"),
+    Setting("STRIPE_API_BASE", str, None, help="base URL of a Stripe-compatible server"),
+    Setting("CURRENCY", str.lower, "usd", help="ISO currency of prices"),
+    Setting("UPSCALER", str, "local", help="upscaling engine: local, neural or upsampler"),
+    Setting("UPSAMPLER_API_KEY", str, None, help="Upsampler.com API key"),
+    Setting("UPSAMPLER_API_BASE", str, "https://upsampler.com/api/v1", help="Upsampler base"),
+    Setting("UPSAMPLER_RESULT_HOSTS", _hosts, (), help="hosts results may be fetched from"),
+    Setting("MARKUP_PERCENT", _decimal, Decimal("200"), Decimal(0), Decimal(1200)),
+    Setting("COST_PER_CREDIT", _decimal, Decimal("0.04"), Decimal("0.001"), Decimal(100)),
+    Setting("CREDITS_PER_MEGAPIXEL", _decimal, Decimal("0.25"), Decimal("0.001"), Decimal(100)),
+    Setting("MIN_PRICE", _decimal, Decimal("0.50"), Decimal("0.50"), Decimal(10000)),
+    Setting("MAX_OUTPUT_MEGAPIXELS", int, 400, 1, 2000),
+    Setting("RESOLUTIONS", _resolutions, ("4x", "8x"), help="resolutions offered"),
+    Setting("DOWNLOAD_EXPIRY_HOURS", int, 24, 1, 168),
+    Setting("DOWNLOAD_MAX_COUNT", int, 10, 1, 1000),
+    Setting("CHECKOUT_EXPIRY_MINUTES", int, 60, 30, 1440),
+    Setting("MAIL_SERVER", str, "127.0.0.1"),
+    Setting("MAIL_PORT", int, 8025, 1, 65535),
+    Setting("MAIL_USE_TLS", _bool, False),
+    Setting("MAIL_USE_SSL", _bool, False),
+    Setting("MAIL_USERNAME", str, None),
+    Setting("MAIL_PASSWORD", str, None),
+    Setting("MAIL_DEFAULT_SENDER", str, "Sell My Images <shop@localhost>"),
+    Setting("ADMIN_EMAIL", str, None, help="first admin account and alert address"),
+    Setting("ADMIN_PASSWORD", str, None, help="first admin account's password"),
+    Setting("SMI_ENV", str, "development", help="development or production"),
+)
+
+SECRET_SETTINGS = ("SECRET_KEY", "STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET")
+
+
+def _parse(setting: Setting, raw: Any) -> Any:
+    value = setting.parse(raw) if isinstance(raw, str) else raw
+    if setting.minimum is not None and value < setting.minimum:
+        raise ConfigError(f"{setting.name} must be at least {setting.minimum}, got {value}")
+    if setting.maximum is not None and value > setting.maximum:
+        raise ConfigError(f"{setting.name} must be at most {setting.maximum}, got {value}")
+    return value
+
+
+def load_settings(
+    instance_path: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Return the app's settings: defaults, then `environ`, then `overrides`."""
+    environ = os.environ if environ is None else environ
+    overrides = dict(overrides or {})
+    instance = Path(instance_path)
+    settings: dict[str, Any] = {}
+    for setting in SETTINGS:
+        if setting.name in overrides:
+            raw = overrides.pop(setting.name)
+        elif environ.get(setting.name, "") != "":
+            raw = environ[setting.name]
+        else:
+            settings[setting.name] = setting.default
+            continue
+        try:
+            settings[setting.name] = None if raw is None else _parse(setting, raw)
+        except ValueError as exc:
+            raise ConfigError(f"{setting.name}: {exc}") from exc
+
+    development = settings["SMI_ENV"] == "development"
+    if not development:
+        missing = [name for name in SECRET_SETTINGS if not settings.get(name)]
+        if missing:
+            raise ConfigError(f"required outside development: {', '.join(missing)}")
+    if not settings["SECRET_KEY"]:
+        settings["SECRET_KEY"] = secrets.token_hex(32)
+    if settings["DATABASE_URL"] is None:
+        settings["DATABASE_URL"] = f"sqlite:///{instance / 'smi.db'}"
+    if settings["STORAGE_DIR"] is None:
+        settings["STORAGE_DIR"] = str(instance / "storage")
+    if not settings["UPSAMPLER_RESULT_HOSTS"]:
+        settings["UPSAMPLER_RESULT_HOSTS"] = ("upsampler.com",)
+    settings["PUBLIC_BASE_URL"] = settings["PUBLIC_BASE_URL"].rstrip("/")
+
+    settings["SQLALCHEMY_DATABASE_URI"] = settings["DATABASE_URL"]
+    settings["SESSION_COOKIE_HTTPONLY"] = True
+    settings["SESSION_COOKIE_SAMESITE"] = "Lax"
+    settings["SESSION_COOKIE_SECURE"] = not development
+    settings["MAX_CONTENT_LENGTH"] = 32 * 1024 * 1024
+    settings.update(overrides)
+    return settings

@@ -1,0 +1,54 @@
+"""Error pages a person can act on, on the site's base layout."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, render_template
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+from storefront.extensions import db
+
+log = logging.getLogger("smi.errors")
+
+MESSAGES = {
+    400: ("That request didn't make sense", "Something in it was missing or malformed."),
+    403: ("You can't do that here", "This page or action isn't open to you."),
+    404: ("We couldn't find that page", "The link may be mistyped, or the item is gone."),
+    405: ("That isn't how this page works", "Try going back and using the buttons on the page."),
+    410: ("This link has expired", "It worked once, but its time is up."),
+    413: ("That file is too large", "Try a smaller one."),
+    429: ("Slow down a little", "Too many requests in a short time. Wait a minute and try again."),
+    500: ("Something went wrong on our side", "We've noted it. Please try again in a moment."),
+    503: ("We're briefly unavailable", "Please try again in a moment."),
+}
+
+
+def render_error(status: int, detail: str | None = None) -> tuple[str, int]:
+    """Render the error page for `status`, with an optional sentence saying what to do."""
+    title, hint = MESSAGES.get(status, MESSAGES[500])
+    return render_template(
+        "errors/error.html", status=status, title=title, hint=hint, detail=detail
+    ), status
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Route every HTTP error and unhandled exception to a friendly page."""
+
+    @app.errorhandler(CSRFError)
+    def csrf_error(error: CSRFError) -> tuple[str, int]:
+        return render_error(400, "The form had expired. Go back, reload the page and try again.")
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> tuple[str, int]:
+        status = error.code or 500
+        detail = error.description if getattr(error, "smi_detail", False) else None
+        return render_error(status, detail)
+
+    @app.errorhandler(Exception)
+    def unhandled(error: Exception) -> tuple[str, int]:
+        # The failed request may have left the session mid-transaction.
+        db.session.rollback()
+        log.exception("unhandled error: %s", type(error).__name__)
+        return render_error(InternalServerError.code)

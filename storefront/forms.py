@@ -1,0 +1,28 @@
+"""Forms the buyer fills in, validated by WTForms with CSRF from Flask-WTF."""
+
+from __future__ import annotations
+
+from flask_wtf import FlaskForm
+from wtforms import EmailField, HiddenField, RadioField
+from wtforms.validators import DataRequired, Email, Length, Optional
+
+
+class CheckoutForm(FlaskForm):
+    """The Buy form of an image page."""
+
+    attachment_id = HiddenField(validators=[DataRequired(message="Choose an image.")])
+    resolution = RadioField(
+        "Resolution",
+        choices=["4x", "8x"],
+        default="4x",
+        validators=[DataRequired(message="Choose a resolution.")],
+    )
+    email = EmailField(
+        "Email for the download link (optional)",
+        validators=[
+            Optional(),
+            Length(max=254, message="That email address is too long."),
+            Email(message="That doesn't look like an email address.", check_deliverability=False),
+        ],
+        filters=[lambda value: value.strip() if isinstance(value, str) else value],
+    )

@@ -1,0 +1,218 @@
+"""Database tables: the catalog, the jobs table and the records that hang off it."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    func,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
+
+from storefront.extensions import db
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; elsewhere ids are BIGINT as in the seed.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+Money = Numeric(10, 2, asdecimal=True)
+
+JOB_STATUSES = ("awaiting_payment", "pending", "processing", "completed", "failed", "abandoned")
+PAYMENT_STATUSES = ("pending", "paid", "failed", "refunded")
+RESOLUTIONS = ("4x", "8x")
+
+
+def utcnow() -> dt.datetime:
+    """The current time in UTC, naive, as every DATETIME column stores it."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def _in_list(column: str, values: tuple[str, ...]) -> str:
+    quoted = ", ".join(f"'{value}'" for value in values)
+    return f"{column} IN ({quoted})"
+
+
+class Post(db.Model):  # type: ignore[name-defined]
+    """A page of the site, standing in for a WordPress post."""
+
+    __tablename__ = "posts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    slug: Mapped[str] = mapped_column(String(200), unique=True)
+    title: Mapped[str] = mapped_column(String(255))
+    body: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    attachments: Mapped[list[Attachment]] = relationship(
+        back_populates="post", order_by="Attachment.id"
+    )
+
+
+class Attachment(db.Model):  # type: ignore[name-defined]
+    """An image of the catalog, standing in for a WordPress media attachment."""
+
+    __tablename__ = "attachments"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    post_id: Mapped[int] = mapped_column(ForeignKey("posts.id"), index=True)
+    file_path: Mapped[str] = mapped_column(String(500))
+    original_filename: Mapped[str] = mapped_column(String(255))
+    mime_type: Mapped[str] = mapped_column(String(100))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    file_size: Mapped[int] = mapped_column(BigInteger)
+    alt_text: Mapped[str] = mapped_column(String(500), default="")
+    title: Mapped[str] = mapped_column(String(255), default="")
+    for_sale: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    post: Mapped[Post] = relationship(back_populates="attachments")
+
+    @property
+    def megapixels(self) -> float:
+        """The image's size in millions of pixels."""
+        return self.width * self.height / 1_000_000
+
+
+class Job(db.Model):  # type: ignore[name-defined]
+    """One purchase of one upscaled image: the seed's `wp_smi_jobs` row, and a few more columns."""
+
+    __tablename__ = "smi_jobs"
+    __table_args__ = (
+        Index("job_id", "job_id", unique=True),
+        Index("post_id", "post_id"),
+        Index("attachment_id", "attachment_id"),
+        Index("post_attachment", "post_id", "attachment_id"),
+        Index("status", "status"),
+        Index("payment_status", "payment_status"),
+        Index("download_token", "download_token"),
+        Index("created_at", "created_at"),
+        # Webhooks and the order page look jobs up by their Checkout Session.
+        Index("stripe_checkout_session_id", "stripe_checkout_session_id"),
+        CheckConstraint(_in_list("status", JOB_STATUSES), name="status"),
+        CheckConstraint(_in_list("payment_status", PAYMENT_STATUSES), name="payment_status"),
+        CheckConstraint(_in_list("resolution", RESOLUTIONS), name="resolution"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(255), nullable=False)
+    image_url: Mapped[str] = mapped_column(Text, nullable=False)
+    resolution: Mapped[str] = mapped_column(String(10), nullable=False)
+    email: Mapped[str] = mapped_column(String(255), nullable=False)
+    post_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("posts.id"), nullable=False)
+    attachment_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("attachments.id"))
+    image_width: Mapped[int | None] = mapped_column(Integer)
+    image_height: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str | None] = mapped_column(
+        String(20), default="awaiting_payment", server_default="awaiting_payment"
+    )
+    upsampler_job_id: Mapped[str | None] = mapped_column(String(255))
+    upscaled_url: Mapped[str | None] = mapped_column(Text)
+    upscaled_file_path: Mapped[str | None] = mapped_column(Text)
+    stripe_payment_intent_id: Mapped[str | None] = mapped_column(String(255))
+    stripe_checkout_session_id: Mapped[str | None] = mapped_column(String(255))
+    payment_status: Mapped[str | None] = mapped_column(
+        String(20), default="pending", server_default="pending"
+    )
+    amount_charged: Mapped[Decimal | None] = mapped_column(Money)
+    amount_cost: Mapped[Decimal | None] = mapped_column(Money)
+    credits_used: Mapped[int | None] = mapped_column(Integer)
+    download_token: Mapped[str | None] = mapped_column(String(64))
+    download_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    email_sent: Mapped[bool | None] = mapped_column(Boolean, default=False, server_default="0")
+    paid_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    processing_started_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    completed_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    failed_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    refunded_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    refund_reason: Mapped[str | None] = mapped_column(Text)
+    refund_amount: Mapped[Decimal | None] = mapped_column(Money)
+    created_at: Mapped[dt.datetime | None] = mapped_column(
+        DateTime, default=utcnow, server_default=func.current_timestamp()
+    )
+    updated_at: Mapped[dt.datetime | None] = mapped_column(
+        DateTime, default=utcnow, onupdate=utcnow, server_default=func.current_timestamp()
+    )
+
+    # Beyond the seed.
+    currency: Mapped[str] = mapped_column(String(3), default="usd", server_default="usd")
+    checkout_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    error_message: Mapped[str | None] = mapped_column(Text)
+    download_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    upscaled_file_size: Mapped[int | None] = mapped_column(BigInteger)
+    disputed_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+    post: Mapped[Post] = relationship()
+    attachment: Mapped[Attachment | None] = relationship()
+
+    @validates("status")
+    def _check_status(self, _key: str, value: str) -> str:
+        if value not in JOB_STATUSES:
+            raise ValueError(f"unknown job status {value!r}")
+        return value
+
+    @validates("payment_status")
+    def _check_payment_status(self, _key: str, value: str) -> str:
+        if value not in PAYMENT_STATUSES:
+            raise ValueError(f"unknown payment status {value!r}")
+        return value
+
+    @validates("resolution")
+    def _check_resolution(self, _key: str, value: str) -> str:
+        if value not in RESOLUTIONS:
+            raise ValueError(f"unknown resolution {value!r}")
+        return value
+
+    @property
+    def factor(self) -> int:
+        """The upscale factor of the job's resolution."""
+        return int(self.resolution.rstrip("x"))
+
+
+class StripeEvent(db.Model):  # type: ignore[name-defined]
+    """A Stripe event already handled; its unique id makes a redelivery harmless."""
+
+    __tablename__ = "stripe_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(255), unique=True)
+    type: Mapped[str] = mapped_column(String(100))
+    job_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class JobEvent(db.Model):  # type: ignore[name-defined]
+    """One line of a job's timeline: a state change, an attempt, an email, an admin's action."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(255), index=True)
+    kind: Mapped[str] = mapped_column(String(50))
+    message: Mapped[str] = mapped_column(Text, default="")
+    actor: Mapped[str] = mapped_column(String(255), default="system")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class FunnelEvent(db.Model):  # type: ignore[name-defined]
+    """A step of the buyer's funnel: an image viewed, a checkout started, a payment."""
+
+    __tablename__ = "funnel_events"
+    __table_args__ = (Index("ix_funnel_events_kind_created_at", "kind", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(30))
+    post_id: Mapped[int | None] = mapped_column(BigInteger)
+    attachment_id: Mapped[int | None] = mapped_column(BigInteger)
+    job_id: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

@@ -1,0 +1,175 @@
+"""Shared fixtures: app, client, runner, a clean database per test, real Redis, an SMTP sink."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient, FlaskCliRunner
+from redis import Redis
+
+from devservers.smtp_sink import SinkHandler, start_sink
+from storefront import create_app
+from storefront.extensions import db
+
+# Set SMI_TEST_DATABASE_URL to run the suite against PostgreSQL instead of SQLite files.
+POSTGRES_URL = os.environ.get("SMI_TEST_DATABASE_URL", "")
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    """Wait until something accepts connections on a loopback port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on a free loopback port, without persistence; yields its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> Iterator[str]:
+    """The test Redis, emptied before each test."""
+    client = Redis.from_url(redis_server)
+    client.flushall()
+    client.close()
+    yield redis_server
+
+
+@pytest.fixture(scope="session")
+def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A database built once by the migrations: a template SQLite file, or PostgreSQL."""
+    if POSTGRES_URL:
+        url = POSTGRES_URL
+    else:
+        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'template.db'}"
+    app = create_app(
+        {
+            "TESTING": True,
+            "DATABASE_URL": url,
+            "STORAGE_DIR": str(tmp_path_factory.mktemp("storage")),
+        }
+    )
+    with app.app_context():
+        from flask_migrate import upgrade
+
+        upgrade()
+        db.engine.dispose()
+    return url
+
+
+def _fresh_database_url(template_url: str, tmp_path: Path) -> str:
+    if template_url.startswith("sqlite:///"):
+        target = tmp_path / "smi.db"
+        shutil.copyfile(template_url.removeprefix("sqlite:///"), target)
+        return f"sqlite:///{target}"
+    return template_url
+
+
+def _empty_tables() -> None:
+    tables = [table.name for table in db.metadata.sorted_tables]
+    if tables:
+        db.session.execute(db.text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+        db.session.commit()
+
+
+@pytest.fixture
+def app_config(migrated_database: str, tmp_path: Path, redis_url: str) -> dict[str, Any]:
+    """The settings a test app is built with; tests may change them before using `app`."""
+    return {
+        "TESTING": True,
+        "SMI_ENV": "development",
+        "SECRET_KEY": "test-secret-key",
+        "DATABASE_URL": _fresh_database_url(migrated_database, tmp_path),
+        "STORAGE_DIR": str(tmp_path / "storage"),
+        "REDIS_URL": redis_url,
+        "PUBLIC_BASE_URL": "http://shop.test",
+        "WTF_CSRF_ENABLED": False,
+        "MAIL_SERVER": "127.0.0.1",
+        "MAIL_PORT": 1,
+        "MAIL_SUPPRESS_SEND": False,
+        "SERVER_NAME": None,
+    }
+
+
+@pytest.fixture
+def app(app_config: dict[str, Any]) -> Iterator[Flask]:
+    """An app on a clean database of its own."""
+    application = create_app(app_config)
+    with application.app_context():
+        if POSTGRES_URL:
+            _empty_tables()
+        yield application
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """A test client of the app."""
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask) -> FlaskCliRunner:
+    """A runner for the app's CLI commands."""
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[tuple[int, SinkHandler]]:
+    """A real SMTP server on loopback that keeps every message; yields (port, handler)."""
+    controller, handler = start_sink()
+    try:
+        yield controller.port, handler
+    finally:
+        controller.stop()

@@ -1,0 +1,33 @@
+"""Start an RQ worker on the `upscale` and `default` queues, with the scheduler."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from dotenv import load_dotenv
+from redis import Redis
+from rq import Worker
+
+from storefront import PROJECT_ROOT
+from storefront.queues import DEFAULT_QUEUE, UPSCALE_QUEUE
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run a worker until it is told to stop."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--url", help="Redis URL (default: REDIS_URL)")
+    parser.add_argument("--burst", action="store_true", help="quit when the queues are empty")
+    parser.add_argument("--name", help="worker name")
+    parser.add_argument("queues", nargs="*", default=[UPSCALE_QUEUE, DEFAULT_QUEUE])
+    args = parser.parse_args(argv)
+    load_dotenv(PROJECT_ROOT / ".env")
+    url = args.url or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    connection = Redis.from_url(url)
+    # The app itself is built lazily inside each job (see worker.context), after RQ forks.
+    worker = Worker(args.queues, connection=connection, name=args.name)
+    worker.work(with_scheduler=True, burst=args.burst, logging_level="INFO")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""The app a task runs in, built once per process, after RQ has forked the work horse."""
+
+from __future__ import annotations
+
+import os
+
+from flask import Flask
+
+_app: Flask | None = None
+_app_pid: int | None = None
+
+
+def task_app() -> Flask:
+    """The Flask app for tasks in this process (a fresh one after a fork)."""
+    global _app, _app_pid
+    if _app is None or _app_pid != os.getpid():
+        from storefront import create_app
+
+        _app = create_app()
+        _app_pid = os.getpid()
+    return _app
+
+
+def use_app(app: Flask | None) -> None:
+    """Make tasks in this process use `app` (tests running tasks in-process)."""
+    global _app, _app_pid
+    _app, _app_pid = app, os.getpid() if app is not None else None
