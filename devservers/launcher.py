@@ -46,17 +46,15 @@ class Launcher:
         return child
 
     def stop_all(self) -> None:
+        # Last started first, each waited for, so the worker finishes before Redis goes away.
         for child in reversed(self.children):
             if child.process.poll() is None:
                 os.killpg(child.process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for child in reversed(self.children):
-            remaining = max(0.1, deadline - time.monotonic())
-            try:
-                child.process.wait(timeout=remaining)
-            except subprocess.TimeoutExpired:
-                os.killpg(child.process.pid, signal.SIGKILL)
-                child.process.wait()
+                try:
+                    child.process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(child.process.pid, signal.SIGKILL)
+                    child.process.wait()
             print(f"  stopped {child.name} (pid {child.process.pid})", flush=True)
 
     def watch(self) -> None:
