@@ -1,0 +1,193 @@
+"""The `/_local` control surface: drive payments, disputes and outages; inspect deliveries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, request
+from werkzeug.wrappers import Response
+
+from .api import error_response, json_response
+from .context import runtime
+from .errors import StripeApiError
+from .store import CardDeclined
+
+bp = Blueprint("control", __name__, url_prefix="/_local")
+
+
+def _body() -> dict[str, Any]:
+    data = request.get_json(silent=True)
+    if isinstance(data, dict):
+        return data
+    return dict(request.form.items())
+
+
+def _int(data: dict[str, Any], name: str, default: int | None = None) -> int | None:
+    value = data.get(name, default)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise StripeApiError(f"{name} must be an integer", param=name) from None
+
+
+@bp.errorhandler(StripeApiError)
+def _stripe_error(error: StripeApiError) -> Response:
+    return error_response(error)
+
+
+@bp.get("/health")
+def health() -> Response:
+    """Say that the server is up."""
+    return json_response({"ok": True})
+
+
+@bp.get("/state")
+def state_snapshot() -> Response:
+    """Return every object, event and delivery."""
+    return json_response(runtime().state.snapshot())
+
+
+@bp.get("/checkout/sessions")
+def list_sessions() -> Response:
+    """List all Checkout Sessions, oldest first."""
+    state = runtime().state
+    with state.lock:
+        return json_response({"data": list(state.sessions.values())})
+
+
+@bp.post("/checkout/sessions/<session_id>/pay")
+def pay(session_id: str) -> Response:
+    """Pay a session as the hosted page's Pay button does (JSON `email`, `card` optional)."""
+    data = _body()
+    state = runtime().state
+    state.expire_due_sessions()
+    try:
+        session = state.pay(session_id, email=data.get("email"), card=data.get("card"))
+    except CardDeclined as declined:
+        return error_response(declined)
+    return json_response(session)
+
+
+@bp.post("/checkout/sessions/<session_id>/decline")
+def decline(session_id: str) -> Response:
+    """Record a declined attempt as the Decline button does; the session stays open."""
+    state = runtime().state
+    state.expire_due_sessions()
+    message = state.decline(session_id)
+    with state.lock:
+        session = dict(state.sessions[session_id])
+    return json_response({"declined": True, "message": message, "session": session})
+
+
+@bp.post("/checkout/sessions/<session_id>/expire")
+def expire(session_id: str) -> Response:
+    """Expire an open session on Stripe's side and send `checkout.session.expired`."""
+    return json_response(runtime().state.expire_session(session_id))
+
+
+@bp.get("/refunds")
+def list_refunds() -> Response:
+    """List all refunds, newest first."""
+    return json_response(runtime().state.list_refunds(None, None))
+
+
+@bp.get("/events")
+def list_events() -> Response:
+    """List events, oldest first (`?type=` filters)."""
+    wanted = request.args.get("type")
+    state = runtime().state
+    with state.lock:
+        events = [e for e in state.events.values() if wanted in (None, e["type"])]
+        return json_response({"data": events})
+
+
+@bp.post("/events/<event_id>/resend")
+def resend(event_id: str) -> Response:
+    """Deliver an existing event once more (same id and payload), as a duplicate."""
+    event = runtime().state.resend(event_id)
+    return json_response({"queued": event["id"], "type": event["type"]}, 202)
+
+
+@bp.get("/deliveries")
+def list_deliveries() -> Response:
+    """List webhook delivery attempts, oldest first (`?event_id=`, `?type=` filter)."""
+    event_id = request.args.get("event_id")
+    wanted = request.args.get("type")
+    state = runtime().state
+    with state.lock:
+        found = [
+            d
+            for d in state.deliveries
+            if event_id in (None, d["event_id"]) and wanted in (None, d["type"])
+        ]
+        return json_response({"data": found})
+
+
+@bp.get("/idle")
+def idle() -> Response:
+    """Wait (up to `?timeout=` seconds, default 10) until no delivery is queued or in flight."""
+    try:
+        timeout = float(request.args.get("timeout", "10"))
+    except ValueError:
+        raise StripeApiError("timeout must be a number", param="timeout") from None
+    return json_response({"idle": runtime().dispatcher.wait_idle(min(timeout, 60.0))})
+
+
+@bp.post("/charges/<object_id>/dispute")
+def dispute(object_id: str) -> Response:
+    """Open a dispute on a charge or PaymentIntent and send `charge.dispute.created`."""
+    data = _body()
+    dispute = runtime().state.dispute(
+        object_id, reason=str(data.get("reason", "fraudulent")), amount=_int(data, "amount")
+    )
+    return json_response(dispute)
+
+
+@bp.post("/fail-next")
+def fail_next() -> Response:
+    """Make the next `count` API calls (optionally only under `path`) answer `status`."""
+    data = _body()
+    status = _int(data, "status", 500)
+    count = _int(data, "count", 1)
+    assert status is not None and count is not None
+    if not 400 <= status <= 599:
+        raise StripeApiError("status must be an HTTP error status (400-599)", param="status")
+    path = data.get("path")
+    message = data.get("message")
+    rule = runtime().state.arm_failure(
+        status,
+        count,
+        path=str(path) if path else None,
+        message=str(message) if message else None,
+    )
+    return json_response(
+        {"status": rule.status, "count": rule.remaining, "path": rule.path, "message": rule.message}
+    )
+
+
+@bp.get("/webhook")
+def webhook_config() -> Response:
+    """Return where webhooks go (never the secret itself)."""
+    url, secret = runtime().state.webhook_config()
+    return json_response({"url": url, "secret_set": bool(secret)})
+
+
+@bp.post("/webhook")
+def set_webhook() -> Response:
+    """Point webhooks at JSON `url`, signed with `secret`."""
+    data = _body()
+    url = data.get("url") or None
+    secret = data.get("secret") or None
+    if url and not secret:
+        raise StripeApiError("secret is required with url", param="secret")
+    runtime().state.set_webhook(url, secret)
+    return json_response({"url": url, "secret_set": bool(secret)})
+
+
+@bp.post("/reset")
+def reset() -> Response:
+    """Forget every object, event, delivery, idempotency key and armed failure."""
+    runtime().reset()
+    return json_response({"reset": True})
