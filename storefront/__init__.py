@@ -59,12 +59,18 @@ def _init_extensions(app: Flask) -> None:
 
 def _register_blueprints(app: Flask) -> None:
     from storefront.checkout import bp as checkout_bp
+    from storefront.downloads import bp as downloads_bp
     from storefront.health import bp as health_bp
+    from storefront.orders import bp as orders_bp
     from storefront.shop import bp as shop_bp
+    from storefront.webhooks import bp as webhooks_bp
 
     app.register_blueprint(health_bp)
     app.register_blueprint(shop_bp)
     app.register_blueprint(checkout_bp)
+    app.register_blueprint(orders_bp)
+    app.register_blueprint(webhooks_bp)
+    app.register_blueprint(downloads_bp)
 
 
 def _register_error_handlers(app: Flask) -> None:

@@ -2,15 +2,48 @@
 
 from __future__ import annotations
 
-from flask import Blueprint
+from flask import Blueprint, redirect, request, session
 from flask.typing import ResponseReturnValue
 
 from storefront.errors import render_error
+from storefront.extensions import db
+from storefront.forms import CheckoutForm
+from storefront.models import Attachment
+from storefront.payments import CheckoutUnavailable, create_checkout
+from storefront.shop import render_image_page
 
 bp = Blueprint("checkout", __name__)
+
+ORDERS_IN_COOKIE = 20
 
 
 @bp.post("/checkout")
 def start() -> ResponseReturnValue:
-    """Start a Checkout Session for the chosen image and resolution."""
-    return render_error(503, "Payments are not set up on this shop yet.")
+    """Create the job and its Checkout Session, then send the buyer to Stripe (303)."""
+    form = CheckoutForm()
+    raw_id = (form.attachment_id.data or "").strip()
+    attachment = db.session.get(Attachment, int(raw_id)) if raw_id.isdigit() else None
+    if attachment is None:
+        return render_error(400, "That image isn't in the catalog. Go back and choose another.")
+    if not form.validate():
+        return render_image_page(attachment, form, status=400)
+    try:
+        job, url = create_checkout(
+            attachment,
+            form.resolution.data,
+            form.email.data or "",
+            user_agent=request.headers.get("User-Agent", ""),
+        )
+    except ValueError as exc:
+        form.resolution.errors = [str(exc)]
+        return render_image_page(attachment, form, status=400)
+    except CheckoutUnavailable:
+        return render_error(
+            503,
+            "We couldn't reach our payment provider, so nothing was charged. "
+            "Please try again in a few minutes.",
+        )
+    # The order page trusts this signed cookie, or the session id Stripe adds to the return URL.
+    orders = [job.job_id, *session.get("orders", [])][:ORDERS_IN_COOKIE]
+    session["orders"] = orders
+    return redirect(url, code=303)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
-from wtforms import EmailField, HiddenField, RadioField
+from wtforms import EmailField, HiddenField, RadioField, StringField
 from wtforms.validators import DataRequired, Email, Length, Optional
 
 
@@ -22,6 +22,25 @@ class CheckoutForm(FlaskForm):
         validators=[
             Optional(),
             Length(max=254, message="That email address is too long."),
+            Email(message="That doesn't look like an email address.", check_deliverability=False),
+        ],
+        filters=[lambda value: value.strip() if isinstance(value, str) else value],
+    )
+
+
+class ResendForm(FlaskForm):
+    """A buyer asks for a fresh download link for one of their orders."""
+
+    job_id = StringField(
+        "Order number",
+        validators=[DataRequired(message="Enter the order number."), Length(max=255)],
+        filters=[lambda value: value.strip() if isinstance(value, str) else value],
+    )
+    email = EmailField(
+        "Email address used for the order",
+        validators=[
+            DataRequired(message="Enter the email address of the order."),
+            Length(max=254),
             Email(message="That doesn't look like an email address.", check_deliverability=False),
         ],
         filters=[lambda value: value.strip() if isinstance(value, str) else value],

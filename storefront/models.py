@@ -98,6 +98,10 @@ class Job(db.Model):  # type: ignore[name-defined]
         Index("created_at", "created_at"),
         # Webhooks and the order page look jobs up by their Checkout Session.
         Index("stripe_checkout_session_id", "stripe_checkout_session_id"),
+        # Refund and dispute webhooks find their job by its PaymentIntent.
+        Index("stripe_payment_intent_id", "stripe_payment_intent_id"),
+        # The buyer's "send me a fresh link" form looks orders up by email.
+        Index("email", "email"),
         CheckConstraint(_in_list("status", JOB_STATUSES), name="status"),
         CheckConstraint(_in_list("payment_status", PAYMENT_STATUSES), name="payment_status"),
         CheckConstraint(_in_list("resolution", RESOLUTIONS), name="resolution"),
@@ -216,3 +220,18 @@ class FunnelEvent(db.Model):  # type: ignore[name-defined]
     attachment_id: Mapped[int | None] = mapped_column(BigInteger)
     job_id: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class DownloadLog(db.Model):  # type: ignore[name-defined]
+    """One request for a delivered file: when, from where, how many bytes, whether it counted."""
+
+    __tablename__ = "download_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(255), index=True)
+    ip: Mapped[str] = mapped_column(String(64), default="")
+    user_agent: Mapped[str] = mapped_column(String(500), default="")
+    range_header: Mapped[str] = mapped_column(String(100), default="")
+    bytes_sent: Mapped[int] = mapped_column(BigInteger, default=0)
+    counted: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)

@@ -6,8 +6,10 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +17,11 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 from redis import Redis
+from werkzeug.serving import make_server
 
 from devservers.smtp_sink import SinkHandler, start_sink
+from devservers.stripe_local import LocalStripe
+from devservers.stripe_local import start_server as start_stripe
 from storefront import create_app
 from storefront.extensions import db
 
@@ -151,6 +156,9 @@ def app(app_config: dict[str, Any]) -> Iterator[Flask]:
         yield application
         db.session.remove()
         db.engine.dispose()
+    http_client = application.extensions.get("smi_stripe_http")
+    if http_client is not None:
+        http_client.close()
 
 
 @pytest.fixture
@@ -173,3 +181,56 @@ def smtp_sink() -> Iterator[tuple[int, SinkHandler]]:
         yield controller.port, handler
     finally:
         controller.stop()
+
+
+@pytest.fixture
+def stripe_local(app: Flask) -> Iterator[LocalStripe]:
+    """The local Stripe-compatible server, with the app's settings pointed at it.
+
+    Webhooks go nowhere until `live_app` (or the test) sets their URL.
+    """
+    with start_stripe(webhook_secret="whsec_test_secret", retry_scale=0.02) as local:
+        app.config.update(
+            STRIPE_API_BASE=local.url,
+            STRIPE_SECRET_KEY="sk_test_local",
+            STRIPE_WEBHOOK_SECRET="whsec_test_secret",
+        )
+        yield local
+
+
+@dataclass
+class LiveApp:
+    """The app served over HTTP on a loopback port, as Stripe's webhooks and browsers reach it."""
+
+    app: Flask
+    url: str
+
+
+@pytest.fixture
+def live_app(app: Flask, stripe_local: LocalStripe) -> Iterator[LiveApp]:
+    """Serve `app` from a thread; Stripe's webhooks are delivered to it."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    app.config["PUBLIC_BASE_URL"] = url
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    stripe_local.set_webhook(f"{url}/webhooks/stripe", "whsec_test_secret")
+    try:
+        yield LiveApp(app, url)
+    finally:
+        stripe_local.set_webhook(None, None)  # type: ignore[arg-type]
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.1) -> Any:
+    """Poll `predicate` until it returns something truthy; fail with a clear message otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s: {predicate}")
