@@ -36,7 +36,10 @@ def post(slug: str) -> ResponseReturnValue:
 
 
 def render_image_page(
-    attachment: Attachment, form: CheckoutForm | None = None, status: int = 200
+    attachment: Attachment,
+    form: CheckoutForm | None = None,
+    status: int = 200,
+    cancelled: bool = False,
 ) -> ResponseReturnValue:
     """The image page: preview, offers and the Buy form (with its errors, if any)."""
     form = form or CheckoutForm(attachment_id=str(attachment.id))
@@ -57,6 +60,7 @@ def render_image_page(
         available=available,
         form=form,
         currency=current_app.config["CURRENCY"],
+        cancelled=cancelled,
     ), status
 
 
@@ -71,7 +75,7 @@ def image(attachment_id: int) -> ResponseReturnValue:
         user_agent=request.headers.get("User-Agent", ""),
     )
     db.session.commit()
-    return render_image_page(attachment)
+    return render_image_page(attachment, cancelled=request.args.get("cancelled") == "1")
 
 
 @bp.get("/images/<int:attachment_id>/preview/<size>.jpg")
