@@ -184,6 +184,19 @@ def main() -> None:
             )
             wait_for_port("127.0.0.1", stripe_port, "local Stripe server")
             env["STRIPE_API_BASE"] = f"http://127.0.0.1:{stripe_port}"
+        if env.get("UPSCALER") == "upsampler" and "UPSAMPLER_API_BASE" not in env:
+            # Try the Upsampler engine by hand against the local stand-in.
+            upsampler_port = int(env.get("SMI_UPSAMPLER_PORT", "12112"))
+            env.setdefault("UPSAMPLER_API_KEY", "local-upsampler-key")
+            launcher.start(
+                "upsampler-local",
+                [PYTHON, "-m", "devservers.upsampler_local", "--port", str(upsampler_port),
+                 "--api-key", env["UPSAMPLER_API_KEY"]],
+                env,
+            )
+            wait_for_port("127.0.0.1", upsampler_port, "local Upsampler server")
+            env["UPSAMPLER_API_BASE"] = f"http://127.0.0.1:{upsampler_port}/api/v1"
+            env.setdefault("UPSAMPLER_RESULT_HOSTS", "127.0.0.1")
         launcher.start("worker", [PYTHON, "-m", "worker"], env)
         launcher.start(
             "web",

@@ -61,6 +61,7 @@ def _register_blueprints(app: Flask) -> None:
     from storefront.checkout import bp as checkout_bp
     from storefront.downloads import bp as downloads_bp
     from storefront.health import bp as health_bp
+    from storefront.media import bp as media_bp
     from storefront.orders import bp as orders_bp
     from storefront.shop import bp as shop_bp
     from storefront.webhooks import bp as webhooks_bp
@@ -71,6 +72,7 @@ def _register_blueprints(app: Flask) -> None:
     app.register_blueprint(orders_bp)
     app.register_blueprint(webhooks_bp)
     app.register_blueprint(downloads_bp)
+    app.register_blueprint(media_bp)
 
 
 def _register_error_handlers(app: Flask) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import uuid
 
@@ -96,6 +97,44 @@ def enqueue_email(kind: str, job_id: str, *, unique: bool = True) -> bool:
         retry=EMAIL_RETRY,
         result_ttl=7 * 24 * 3600,
     )
+
+
+def enqueue_upsampler_check(job_id: str, *, delay_seconds: int = 0, attempt: int = 0) -> bool:
+    """Ask (now or later) how the job's Upsampler upscale is going, and act on the answer."""
+    rq_id = (
+        f"upsampler-check-{job_id}" if delay_seconds == 0 else f"upsampler-poll-{job_id}-{attempt}"
+    )
+    options: dict[str, object] = {
+        "job_timeout": int(current_app.config["PROCESSING_TIMEOUT_MINUTES"]) * 60,
+        "retry": Retry(max=3, interval=[15, 60, 180]),
+        "result_ttl": 3600,
+    }
+    if delay_seconds == 0:
+        return _enqueue_once(
+            UPSCALE_QUEUE,
+            rq_id,
+            "worker.tasks.check_upsampler",
+            (job_id, str(attempt)),
+            replaceable=ENDED_BADLY | {JobStatus.FINISHED},
+            **options,
+        )
+    queue = get_queue(current_app._get_current_object(), UPSCALE_QUEUE)  # type: ignore[attr-defined]
+    try:
+        queue.enqueue_in(
+            dt.timedelta(seconds=delay_seconds),
+            "worker.tasks.check_upsampler",
+            job_id,
+            str(attempt),
+            job_id=rq_id,
+            unique=True,
+            **options,
+        )
+    except DuplicateJobError:
+        return False
+    except RedisError as exc:
+        log.warning("job=%s poll could not be scheduled (%s); the sweeper will", job_id, exc)
+        return False
+    return True
 
 
 def after_payment(job_id: str) -> None:

@@ -6,12 +6,15 @@ import json
 import logging
 
 import stripe
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, abort, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy.exc import SQLAlchemyError
 
 from storefront.extensions import csrf, db
+from storefront.fulfilment import enqueue_upsampler_check
+from storefront.jobs import get_job
 from storefront.payments import handle_event
+from storefront.provider import callback_is_authentic
 
 log = logging.getLogger("smi.webhooks")
 
@@ -47,3 +50,19 @@ def stripe_webhook() -> ResponseReturnValue:
         log.exception("stripe_event=%s could not be stored; Stripe will retry", event.get("id"))
         return jsonify(error="temporarily unavailable"), 503
     return jsonify(received=True, result=outcome.note)
+
+
+@bp.post("/webhooks/upsampler/<job_id>/<signature>")
+@csrf.exempt
+def upsampler_callback(job_id: str, signature: str) -> ResponseReturnValue:
+    """Upsampler says a job ended. The body is not trusted: a task asks Upsampler itself."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if not callback_is_authentic(app, job_id, signature):
+        abort(404)
+    job = get_job(job_id)
+    if job is None or not job.upsampler_job_id:
+        abort(404)
+    if job.status == "processing":
+        enqueue_upsampler_check(job_id)
+    log.info("job=%s upsampler callback received", job_id)
+    return jsonify(received=True)

@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -128,7 +129,12 @@ def _empty_tables() -> None:
 
 
 @pytest.fixture
-def app_config(migrated_database: str, tmp_path: Path, redis_url: str) -> dict[str, Any]:
+def app_config(
+    migrated_database: str,
+    tmp_path: Path,
+    redis_url: str,
+    smtp_server: tuple[int, SinkHandler],
+) -> dict[str, Any]:
     """The settings a test app is built with; tests may change them before using `app`."""
     return {
         "TESTING": True,
@@ -140,8 +146,9 @@ def app_config(migrated_database: str, tmp_path: Path, redis_url: str) -> dict[s
         "PUBLIC_BASE_URL": "http://shop.test",
         "WTF_CSRF_ENABLED": False,
         "MAIL_SERVER": "127.0.0.1",
-        "MAIL_PORT": 1,
+        "MAIL_PORT": smtp_server[0],
         "MAIL_SUPPRESS_SEND": False,
+        "ADMIN_EMAIL": "owner@shop.test",
         "SERVER_NAME": None,
     }
 
@@ -173,14 +180,21 @@ def runner(app: Flask) -> FlaskCliRunner:
     return app.test_cli_runner()
 
 
-@pytest.fixture
-def smtp_sink() -> Iterator[tuple[int, SinkHandler]]:
-    """A real SMTP server on loopback that keeps every message; yields (port, handler)."""
+@pytest.fixture(scope="session")
+def smtp_server() -> Iterator[tuple[int, SinkHandler]]:
+    """A real SMTP server on loopback for the whole run; yields (port, handler)."""
     controller, handler = start_sink()
     try:
         yield controller.port, handler
     finally:
         controller.stop()
+
+
+@pytest.fixture
+def smtp_sink(smtp_server: tuple[int, SinkHandler]) -> SinkHandler:
+    """The SMTP sink every test app sends to, emptied for this test."""
+    smtp_server[1].clear()
+    return smtp_server[1]
 
 
 @pytest.fixture
@@ -234,3 +248,74 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: fl
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s: {predicate}")
+
+
+def config_as_environment(config: dict[str, Any]) -> dict[str, str]:
+    """The settings of a test app as environment variables, for processes that build their own."""
+    from storefront.config import SETTINGS
+
+    env = {k: v for k, v in os.environ.items() if k not in {s.name for s in SETTINGS}}
+    for setting in SETTINGS:
+        value = config.get(setting.name)
+        if value is None:
+            continue
+        if isinstance(value, tuple | list):
+            value = ",".join(str(item) for item in value)
+        env[setting.name] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
+
+
+@dataclass
+class WorkerProcess:
+    """A real `python -m worker` process on the test's Redis, database and mail sink."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        """Everything the worker printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its work horse, as a crash would."""
+        import signal
+
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def start_worker(app: Flask, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start real RQ worker processes configured like `app`; all are stopped after the test."""
+    started: list[WorkerProcess] = []
+
+    def start(**overrides: Any) -> WorkerProcess:
+        config = dict(app.config)
+        config.update(overrides)
+        env = config_as_environment(config)
+        log_path = tmp_path / f"worker-{len(started)}.log"
+        handle = log_path.open("wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "worker"],
+            cwd=Path(__file__).resolve().parent.parent,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        handle.close()
+        worker = WorkerProcess(process, log_path)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        if worker.process.poll() is None:
+            os.killpg(worker.process.pid, 15)
+            try:
+                worker.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                worker.kill()

@@ -11,6 +11,7 @@ from rq import Worker
 
 from storefront import PROJECT_ROOT
 from storefront.queues import DEFAULT_QUEUE, UPSCALE_QUEUE
+from worker.tasks import schedule_sweep
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -24,6 +25,8 @@ def main(argv: list[str] | None = None) -> None:
     load_dotenv(PROJECT_ROOT / ".env")
     url = args.url or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
     connection = Redis.from_url(url)
+    interval = int(os.environ.get("SWEEP_INTERVAL_SECONDS") or 300)
+    schedule_sweep(url, interval)
     # The app itself is built lazily inside each job (see worker.context), after RQ forks.
     worker = Worker(args.queues, connection=connection, name=args.name)
     worker.work(with_scheduler=True, burst=args.burst, logging_level="INFO")
