@@ -190,8 +190,15 @@ def main() -> None:
             env.setdefault("UPSAMPLER_API_KEY", "local-upsampler-key")
             launcher.start(
                 "upsampler-local",
-                [PYTHON, "-m", "devservers.upsampler_local", "--port", str(upsampler_port),
-                 "--api-key", env["UPSAMPLER_API_KEY"]],
+                [
+                    PYTHON,
+                    "-m",
+                    "devservers.upsampler_local",
+                    "--port",
+                    str(upsampler_port),
+                    "--api-key",
+                    env["UPSAMPLER_API_KEY"],
+                ],
                 env,
             )
             wait_for_port("127.0.0.1", upsampler_port, "local Upsampler server")
