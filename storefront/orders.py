@@ -10,6 +10,7 @@ from flask import Blueprint, abort, render_template, request, session
 from flask.typing import ResponseReturnValue
 
 from storefront.extensions import db
+from storefront.forms import ResendForm
 from storefront.jobs import get_job
 from storefront.models import Job
 from storefront.payments import (
@@ -109,7 +110,10 @@ def show(job_id: str) -> ResponseReturnValue:
             # The webhook will do it; the page keeps polling.
             db.session.rollback()
             log.warning("job=%s could not check the session: %s", job_id, type(exc).__name__)
-    return render_template("orders/show.html", job=job, state=order_state(job))
+    resend_form = ResendForm(job_id=job.job_id)
+    return render_template(
+        "orders/show.html", job=job, state=order_state(job), resend_form=resend_form
+    )
 
 
 @bp.get("/orders/<job_id>/status")

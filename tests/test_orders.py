@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from flask import Flask
 from flask.testing import FlaskClient
 from redis import Redis
@@ -83,7 +85,9 @@ def test_status_json_follows_the_job_and_never_holds_a_link(
     assert state["headline"] == "Ready: check your email" and state["final"] is True
     assert [step["state"] for step in state["steps"]] == ["done", "done", "done"]
     page = client.get(f"/orders/{job.job_id}?session_id=cs_test_known").get_data(as_text=True)
-    assert "/download/" not in page and "a" * 64 not in page and "file.jpg" not in page
+    assert not re.search(r"/download/[0-9a-f]{64}", page)
+    assert "a" * 64 not in page and "file.jpg" not in page
+    assert "fresh link" in page  # only the form that emails one to the order's address
 
 
 def test_failed_job_says_refunded(app: Flask, client: FlaskClient) -> None:
