@@ -105,6 +105,16 @@ def secret_key() -> str:
     return path.read_text().strip()
 
 
+def default_upscaler() -> tuple[str, str]:
+    """`neural` when its model loads here, `local` otherwise, with the reason."""
+    try:
+        from worker.engines.neural import neural_model_status
+    except ImportError as exc:
+        return "local", f"the neural engine cannot load: {exc}"
+    ok, message = neural_model_status()
+    return ("neural", message) if ok else ("local", f"the neural model did not load: {message}")
+
+
 def main() -> None:
     """Start every part, print the URL, and stop everything on Ctrl-C."""
     INSTANCE.mkdir(exist_ok=True)
@@ -121,6 +131,11 @@ def main() -> None:
         print("Sell My Images: preparing the database", flush=True)
         for step in (["db", "upgrade"], ["smi", "seed-demo"]):
             subprocess.run([PYTHON, "-m", "flask", *step], cwd=ROOT, env=env, check=True)
+        if "UPSCALER" not in env:
+            env["UPSCALER"], why = default_upscaler()
+            print(f"Upscaler: {env['UPSCALER']} ({why}); set UPSCALER to choose.", flush=True)
+        else:
+            print(f"Upscaler: {env['UPSCALER']} (from UPSCALER)", flush=True)
         print("Sell My Images: starting the embedded shop", flush=True)
         if "REDIS_URL" not in env:
             port = int(env.get("SMI_REDIS_PORT", "6390"))

@@ -66,6 +66,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("STRIPE_API_BASE", str, None, help="base URL of a Stripe-compatible server"),
     Setting("CURRENCY", str.lower, "usd", help="ISO currency of prices"),
     Setting("UPSCALER", str, "local", help="upscaling engine: local, neural or upsampler"),
+    Setting("NEURAL_MAX_MINUTES", int, 10, 1, 240, help="longest estimated neural upscale"),
+    Setting("NEURAL_OVER_LIMIT", str, "local", help="local or unavailable, past that estimate"),
+    Setting("NEURAL_THREADS", int, 0, 0, 256, help="ncnn threads; 0 means one per core"),
     Setting("UPSAMPLER_API_KEY", str, None, help="Upsampler.com API key"),
     Setting("UPSAMPLER_API_BASE", str, "https://upsampler.com/api/v1", help="Upsampler base"),
     Setting("UPSAMPLER_RESULT_HOSTS", _hosts, (), help="hosts results may be fetched from"),
@@ -137,6 +140,10 @@ def load_settings(
         except ValueError as exc:
             raise ConfigError(f"{setting.name}: {exc}") from exc
 
+    if settings["UPSCALER"] not in ("local", "neural", "upsampler"):
+        raise ConfigError(f"UPSCALER must be local, neural or upsampler: {settings['UPSCALER']}")
+    if settings["NEURAL_OVER_LIMIT"] not in ("local", "unavailable"):
+        raise ConfigError("NEURAL_OVER_LIMIT must be local or unavailable")
     development = settings["SMI_ENV"] == "development"
     if not development:
         missing = [name for name in SECRET_SETTINGS if not settings.get(name)]

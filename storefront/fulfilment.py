@@ -61,12 +61,27 @@ def _enqueue_once(
     return True
 
 
+def processing_timeout(job_id: str) -> int:
+    """Seconds an upscale may run: the setting, or three times the neural engine's estimate."""
+    from storefront.jobs import get_job
+    from storefront.offers import engine_for, neural_estimate
+
+    config = current_app.config
+    timeout = int(config["PROCESSING_TIMEOUT_MINUTES"]) * 60
+    job = get_job(job_id)
+    if job is None or not job.image_width or not job.image_height:
+        return timeout
+    if engine_for(job.image_width, job.image_height, job.factor, config) == "neural":
+        estimate = neural_estimate(job.image_width, job.image_height, job.factor)
+        timeout = max(timeout, int(3 * estimate))
+    return timeout
+
+
 def enqueue_processing(job_id: str, *, replace_live: bool = False) -> bool:
     """Put the job's upscale on the `upscale` queue, unless it is already there or running.
 
     `replace_live` is for the sweeper, when the worker running it has died.
     """
-    timeout = int(current_app.config["PROCESSING_TIMEOUT_MINUTES"]) * 60
     return _enqueue_once(
         UPSCALE_QUEUE,
         processing_rq_id(job_id),
@@ -74,7 +89,7 @@ def enqueue_processing(job_id: str, *, replace_live: bool = False) -> bool:
         (job_id,),
         # The database says whether work remains; a finished RQ record is only history.
         replaceable=ENDED_BADLY | {JobStatus.FINISHED} | (LIVE_STATUSES if replace_live else set()),
-        job_timeout=timeout,
+        job_timeout=processing_timeout(job_id),
         retry=Retry(max=3, interval=[10, 60, 300]),
         result_ttl=24 * 3600,
         failure_ttl=7 * 24 * 3600,

@@ -19,7 +19,8 @@ from storefront import funnel
 from storefront.extensions import db
 from storefront.jobs import get_job, record_event, transition
 from storefront.models import Attachment, Job, StripeEvent, utcnow
-from storefront.pricing import PriceSettings, from_minor_units, offers, to_minor_units
+from storefront.offers import offer_for
+from storefront.pricing import from_minor_units, to_minor_units
 
 log = logging.getLogger("smi.payments")
 
@@ -68,17 +69,7 @@ def create_checkout(
     """
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     config = app.config
-    offer = next(
-        o
-        for o in offers(
-            attachment.width,
-            attachment.height,
-            for_sale=attachment.for_sale,
-            resolutions=tuple(config["RESOLUTIONS"]),
-            settings=PriceSettings.from_config(config),
-        )
-        if o.quote.resolution == resolution
-    )
+    offer = offer_for(attachment, resolution, config)
     if not offer.available:
         raise ValueError(offer.unavailable_reason)
     quote = offer.quote

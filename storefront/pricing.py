@@ -58,6 +58,7 @@ class Offer:
 
     quote: Quote
     unavailable_reason: str | None = None
+    engine: str = ""
 
     @property
     def available(self) -> bool:

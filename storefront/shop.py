@@ -12,7 +12,7 @@ from storefront.catalog import PREVIEW_SIZES, preview_path
 from storefront.extensions import db
 from storefront.forms import CheckoutForm
 from storefront.models import Attachment, Post
-from storefront.pricing import PriceSettings, offers
+from storefront.offers import ENGINE_LABELS, image_offers
 
 bp = Blueprint("shop", __name__)
 
@@ -43,20 +43,15 @@ def render_image_page(
 ) -> ResponseReturnValue:
     """The image page: preview, offers and the Buy form (with its errors, if any)."""
     form = form or CheckoutForm(attachment_id=str(attachment.id))
-    image_offers = offers(
-        attachment.width,
-        attachment.height,
-        for_sale=attachment.for_sale,
-        resolutions=tuple(current_app.config["RESOLUTIONS"]),
-        settings=PriceSettings.from_config(current_app.config),
-    )
-    available = [offer for offer in image_offers if offer.available]
+    all_offers = image_offers(attachment, current_app.config)
+    available = [offer for offer in all_offers if offer.available]
     if available and form.resolution.data not in {o.quote.resolution for o in available}:
         form.resolution.data = available[0].quote.resolution
     return render_template(
         "shop/image.html",
         attachment=attachment,
-        offers=image_offers,
+        offers=all_offers,
+        engine_labels=ENGINE_LABELS,
         available=available,
         form=form,
         currency=current_app.config["CURRENCY"],

@@ -17,6 +17,7 @@ from storefront.extensions import db
 from storefront.fulfilment import enqueue_email
 from storefront.jobs import get_job, record_event, transition
 from storefront.models import Job, utcnow
+from storefront.offers import engine_for
 from storefront.payments import RefundFailed, refund_job
 from storefront.storage import resolve, storage_root
 from worker.engines import PermanentUpscaleError, get_engine
@@ -101,7 +102,12 @@ def _make_output(job: Job) -> Path:
     final = _output_path(job, suffix)
     final.parent.mkdir(parents=True, exist_ok=True)
     temporary = final.with_name(f".tmp-{uuid.uuid4().hex}{suffix}")
-    engine = get_engine(current_app.config["UPSCALER"], current_app.config)
+    config = current_app.config
+    # A tier over the neural engine's time guard is offered on the local engine (or not at all);
+    # a paid job whose settings changed since is never failed for it: local does it then.
+    name = engine_for(attachment.width, attachment.height, job.factor, config) or "local"
+    engine = get_engine(name, config)
+    record_event(job.job_id, "engine", name)
     try:
         engine.upscale(source, job.factor, temporary)
         expected = ((job.image_width or 0) * job.factor, (job.image_height or 0) * job.factor)

@@ -11,7 +11,12 @@ from flask import current_app
 from sqlalchemy import ColumnElement, select
 
 from storefront.extensions import db
-from storefront.fulfilment import enqueue_email, enqueue_processing, enqueue_upsampler_check
+from storefront.fulfilment import (
+    enqueue_email,
+    enqueue_processing,
+    enqueue_upsampler_check,
+    processing_timeout,
+)
 from storefront.jobs import record_event, transition
 from storefront.models import Job, utcnow
 from storefront.payments import (
@@ -73,6 +78,12 @@ def sweep(now: dt.datetime | None = None) -> SweepReport:
             Job.status == "processing", Job.processing_started_at < now - timeout - STALE_GRACE
         )
     ).all():
+        own_timeout = dt.timedelta(seconds=processing_timeout(job.job_id))
+        if (
+            job.processing_started_at
+            and job.processing_started_at > now - own_timeout - STALE_GRACE
+        ):
+            continue  # a long neural upscale still within its own time
         if job.upsampler_job_id:
             # Upsampler has it: a fresh status check fails and refunds it if it timed out.
             enqueue_upsampler_check(job.job_id)
