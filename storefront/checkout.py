@@ -10,7 +10,7 @@ from storefront.extensions import db
 from storefront.forms import CheckoutForm
 from storefront.models import Attachment
 from storefront.payments import CheckoutUnavailable, create_checkout
-from storefront.shop import render_image_page
+from storefront.shop import MAX_ID, render_image_page
 
 bp = Blueprint("checkout", __name__)
 
@@ -22,7 +22,8 @@ def start() -> ResponseReturnValue:
     """Create the job and its Checkout Session, then send the buyer to Stripe (303)."""
     form = CheckoutForm()
     raw_id = (form.attachment_id.data or "").strip()
-    attachment = db.session.get(Attachment, int(raw_id)) if raw_id.isdigit() else None
+    valid_id = raw_id.isdigit() and int(raw_id) <= MAX_ID
+    attachment = db.session.get(Attachment, int(raw_id)) if valid_id else None
     if attachment is None:
         return render_error(400, "That image isn't in the catalog. Go back and choose another.")
     if not form.validate():

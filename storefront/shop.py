@@ -16,6 +16,9 @@ from storefront.offers import ENGINE_LABELS, image_offers
 
 bp = Blueprint("shop", __name__)
 
+# The largest id a BIGINT holds: a longer number in a URL is simply not found.
+MAX_ID = 2**63 - 1
+
 
 @bp.get("/")
 def index() -> ResponseReturnValue:
@@ -59,7 +62,7 @@ def render_image_page(
     ), status
 
 
-@bp.get("/images/<int:attachment_id>")
+@bp.get(f"/images/<int(max={MAX_ID}):attachment_id>")
 def image(attachment_id: int) -> ResponseReturnValue:
     """One image with each resolution's size and price, and the Buy form."""
     attachment = db.get_or_404(Attachment, attachment_id)
@@ -73,7 +76,7 @@ def image(attachment_id: int) -> ResponseReturnValue:
     return render_image_page(attachment, cancelled=request.args.get("cancelled") == "1")
 
 
-@bp.get("/images/<int:attachment_id>/preview/<size>.jpg")
+@bp.get(f"/images/<int(max={MAX_ID}):attachment_id>/preview/<size>.jpg")
 def preview(attachment_id: int, size: str) -> ResponseReturnValue:
     """A web-sized JPEG of an image (originals are never served here)."""
     if size not in PREVIEW_SIZES:

@@ -144,3 +144,11 @@ def test_image_page_shows_both_resolutions_with_sizes(
     assert "2400 × 1600 px" in html and "4800 × 3200 px" in html
     checked = re.findall(r'<input type="radio"[^>]*?value="(\dx)"[^>]*?\schecked', html)
     assert checked == ["4x"]
+
+
+def test_absurd_ids_are_not_found_rather_than_errors(client: FlaskClient) -> None:
+    huge = "9" * 30
+    assert client.get(f"/images/{huge}").status_code == 404
+    assert client.get(f"/images/{huge}/preview/thumb.jpg").status_code == 404
+    response = client.post("/checkout", data={"attachment_id": huge, "resolution": "4x"})
+    assert response.status_code == 400
