@@ -282,3 +282,25 @@ def test_redis_down_when_the_webhook_arrives_is_processed_once_redis_is_back(
     _ready_link(smtp_sink)
     done = wait_until(lambda: (j := _fresh(job.job_id)).email_sent and j, timeout=30)
     assert done.status == "completed" and done.attempts == 1
+
+
+def test_the_scheduled_sweeper_picks_up_a_paid_job_that_was_never_queued(
+    live_app: LiveApp,
+    smtp_sink: SinkHandler,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    from tests.factories import make_job
+
+    attachment = make_attachment(live_app.app, width=100, height=80)
+    job = make_job(
+        attachment,
+        status="pending",
+        payment_status="paid",
+        paid_at=utcnow() - dt.timedelta(minutes=10),
+        stripe_payment_intent_id="pi_lost",
+    )
+    db.session.commit()
+    start_worker(SWEEP_INTERVAL_SECONDS=5)  # nothing but the sweeper can find this job
+    done = wait_until(lambda: (j := _fresh(job.job_id)).status == "completed" and j, timeout=60)
+    assert done.attempts == 1
+    _ready_link(smtp_sink)
