@@ -7,10 +7,12 @@ import secrets
 import threading
 from types import TracebackType
 
-from flask import Flask, g, request
+from flask import Flask, request
 from werkzeug.exceptions import HTTPException
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wrappers import Response
+
+from devservers.common import QuietHandler, register_request_log, url_host
 
 from . import api, control, hosted
 from .context import EXTENSION, Runtime
@@ -29,7 +31,7 @@ def create_app(state: StripeState, dispatcher: WebhookDispatcher) -> Flask:
     app.register_blueprint(hosted.bp)
     app.register_blueprint(control.bp)
     _register_errors(app)
-    _register_request_log(app)
+    register_request_log(app, log)
     return app
 
 
@@ -45,36 +47,6 @@ def _register_errors(app: Flask) -> None:
     @app.errorhandler(StripeApiError)
     def stripe_error(error: StripeApiError) -> Response:
         return api.error_response(error)
-
-
-def _register_request_log(app: Flask) -> None:
-    @app.after_request
-    def log_request(response: Response) -> Response:
-        # Path only: query strings and bodies may carry emails; headers carry the API key.
-        note = g.get("note")
-        log.info(
-            "%s %s %s%s",
-            request.method,
-            request.path,
-            response.status_code,
-            f" ({note})" if note else "",
-        )
-        return response
-
-
-class _QuietHandler(WSGIRequestHandler):
-    """Werkzeug's handler without its own access log (the app logs one line per request)."""
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        return None
-
-
-def _url_host(host: str) -> str:
-    if host in ("", "0.0.0.0"):
-        return "127.0.0.1"
-    if host == "::":
-        return "[::1]"
-    return f"[{host}]" if ":" in host else host
 
 
 class LocalStripe:
@@ -242,8 +214,8 @@ def start_server(
     )
     state.listeners.append(dispatcher.enqueue)
     app = create_app(state, dispatcher)
-    server = make_server(host, port, app, threaded=True, request_handler=_QuietHandler)
-    url = f"http://{_url_host(host)}:{server.port}"
+    server = make_server(host, port, app, threaded=True, request_handler=QuietHandler)
+    url = f"http://{url_host(host)}:{server.port}"
     state.public_url = (public_url or url).rstrip("/")
     local = LocalStripe(
         state=state, dispatcher=dispatcher, server=server, url=url, sweep_interval=sweep_interval

@@ -12,10 +12,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from flask import Flask, g, request
+from flask import Flask, request
 from werkzeug.exceptions import HTTPException
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wrappers import Response
+
+from devservers.common import QuietHandler, register_request_log, url_host
 
 from . import api, control
 from .context import EXTENSION, Runtime
@@ -33,7 +35,7 @@ def create_app(state: UpsamplerState, runner: JobRunner) -> Flask:
     app.register_blueprint(api.results_bp)
     app.register_blueprint(control.bp)
     _register_errors(app)
-    _register_request_log(app)
+    register_request_log(app, log)
     return app
 
 
@@ -45,36 +47,6 @@ def _register_errors(app: Flask) -> None:
                 api.ApiError(error.description or error.name, error.code or 500)
             )
         return error
-
-
-def _register_request_log(app: Flask) -> None:
-    @app.after_request
-    def log_request(response: Response) -> Response:
-        # Path only: headers carry the API key, and webhook URLs in bodies carry signatures.
-        note = g.get("note")
-        log.info(
-            "%s %s %s%s",
-            request.method,
-            request.path,
-            response.status_code,
-            f" ({note})" if note else "",
-        )
-        return response
-
-
-class _QuietHandler(WSGIRequestHandler):
-    """Werkzeug's handler without its own access log (the app logs one line per request)."""
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        return None
-
-
-def _url_host(host: str) -> str:
-    if host in ("", "0.0.0.0"):
-        return "127.0.0.1"
-    if host == "::":
-        return "[::1]"
-    return f"[{host}]" if ":" in host else host
 
 
 class LocalUpsampler:
@@ -310,12 +282,12 @@ def start_server(
     )
     app = create_app(state, runner)
     try:
-        server = make_server(host, port, app, threaded=True, request_handler=_QuietHandler)
+        server = make_server(host, port, app, threaded=True, request_handler=QuietHandler)
     except BaseException:
         if owns_result_dir:
             shutil.rmtree(directory, ignore_errors=True)
         raise
-    url = f"http://{_url_host(host)}:{server.port}"
+    url = f"http://{url_host(host)}:{server.port}"
     state.public_url = (public_url or url).rstrip("/")
     local = LocalUpsampler(
         state=state,
