@@ -11,7 +11,7 @@ from enum import Enum
 from pathlib import Path
 
 from flask import current_app
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 
 from storefront.extensions import db
 from storefront.jobs import record_event, transition
@@ -32,6 +32,15 @@ def new_token() -> tuple[str, str]:
     return token, token_digest(token)
 
 
+def _deliverable() -> list[ColumnElement[bool]]:
+    """Conditions under which a completed job's file may be handed out."""
+    return [
+        Job.payment_status == "paid",
+        Job.disputed_at.is_(None),
+        Job.upscaled_file_path.is_not(None),
+    ]
+
+
 def issue_download_token(job_id: str) -> str | None:
     """Give a completed job a new token (the old one stops working); None if it can't have one.
 
@@ -41,11 +50,7 @@ def issue_download_token(job_id: str) -> str | None:
     changed = transition(
         job_id,
         ["completed"],
-        where=[
-            Job.payment_status == "paid",
-            Job.disputed_at.is_(None),
-            Job.upscaled_file_path.is_not(None),
-        ],
+        where=_deliverable(),
         download_token=digest,
     )
     return token if changed else None
@@ -130,11 +135,7 @@ def renew_link(job_id: str, actor: str = "buyer") -> bool:
     changed = transition(
         job_id,
         ["completed"],
-        where=[
-            Job.payment_status == "paid",
-            Job.disputed_at.is_(None),
-            Job.upscaled_file_path.is_not(None),
-        ],
+        where=_deliverable(),
         download_token=None,
         download_expires_at=utcnow() + dt.timedelta(hours=hours),
         download_count=0,
