@@ -29,6 +29,7 @@ _SHARPENED_INTERPRETATIONS = frozenset({"srgb", "rgb16", "b-w", "grey16"})
 # The side of the square of pixels the sharpening mask reads: three sigmas each way.
 _SHARPEN_REACH = 2 * math.ceil(3 * _SHARPEN_SIGMA) + 1
 
+# A multiple of every factor: see _aligned_cache.
 _TILE = 128
 
 
@@ -90,23 +91,13 @@ def upscale_image(image: pyvips.Image, factor: int) -> pyvips.Image:
 def lanczos3_upscale(image: pyvips.Image, factor: int) -> pyvips.Image:
     """Return `image` enlarged by the whole number `factor` with a separable Lanczos3 filter."""
     # libvips' resize enlarges with a bicubic interpolator whatever kernel it is given, so the
-    # filter is built from convolutions. Columns are widened as the rows of the turned image;
-    # only the source, a factor² smaller than the output, is ever turned whole.
+    # filter is built from convolutions. Columns are widened as the rows of the turned source;
+    # the result, factor times smaller than the output, is read back by columns: each row of
+    # output tiles reads one or two columns of its tiles, so four columns are kept.
     tall = _widen(image.rot90(), factor)
-    # bandunfold (libvips 8.18) copies the wrong pixels for a region whose left edge is not a
-    # multiple of its factor, and rot270 asks for such regions; a cache on a grid of tiles
-    # aligned to the factor asks for aligned ones only. Two columns of tiles are what the
-    # final pass reads at a time.
-    tall = tall.tilecache(
-        tile_width=_TILE,
-        tile_height=_TILE,
-        max_tiles=4 * math.ceil(tall.height / _TILE) + 8,
-        access="random",
-        threaded=True,
-    )
-    # The final pass needs no cache: all that reads it is pointwise, down to a saver that
-    # asks for whole rows or for 128-pixel tiles, both aligned to the factor.
-    return _widen(tall.rot270(), factor)
+    tall = _aligned_cache(tall, max_tiles=4 * math.ceil(tall.height / _TILE) + 8)
+    # The output is read once, tile by tile or row by row, so a few tiles are all it needs.
+    return _aligned_cache(_widen(tall.rot270(), factor), max_tiles=16)
 
 
 def _widen(image: pyvips.Image, factor: int) -> pyvips.Image:
@@ -117,6 +108,16 @@ def _widen(image: pyvips.Image, factor: int) -> pyvips.Image:
     ]
     # bandunfold lays each pixel's bands side by side: pixel x of phase p lands on x * factor + p.
     return phases[0].bandjoin(phases[1:]).bandunfold(factor=factor)
+
+
+def _aligned_cache(image: pyvips.Image, max_tiles: int) -> pyvips.Image:
+    """Return `image` behind a cache that reads it only in tiles aligned to any factor."""
+    # bandunfold (libvips 8.18) copies the wrong pixels for a region whose left edge is not a
+    # multiple of its factor. The cache asks for whole tiles on a grid of _TILE, a multiple of
+    # every factor, so whatever region its readers ask for, they get the right pixels.
+    return image.tilecache(
+        tile_width=_TILE, tile_height=_TILE, max_tiles=max_tiles, access="random", threaded=True
+    )
 
 
 @cache
