@@ -74,6 +74,7 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
 
 
 def _register_blueprints(app: Flask) -> None:
+    from storefront.admin import bp as admin_bp
     from storefront.checkout import bp as checkout_bp
     from storefront.downloads import bp as downloads_bp
     from storefront.health import bp as health_bp
@@ -82,6 +83,7 @@ def _register_blueprints(app: Flask) -> None:
     from storefront.shop import bp as shop_bp
     from storefront.webhooks import bp as webhooks_bp
 
+    app.register_blueprint(admin_bp)
     app.register_blueprint(health_bp)
     app.register_blueprint(shop_bp)
     app.register_blueprint(checkout_bp)

@@ -27,7 +27,15 @@ def seed_demo_command() -> None:
         click.echo("The catalog already has content; nothing to do.")
 
 
+def _with_saved_settings() -> None:
+    """Apply the settings saved in the admin area, as web requests and tasks do."""
+    from storefront.backoffice.settings_store import apply_setting_overrides
+
+    apply_setting_overrides(current_app._get_current_object())  # type: ignore[attr-defined]
+
+
 def _job_or_fail(job_id: str) -> Job:
+    _with_saved_settings()
 
     job = get_job(job_id)
     if job is None:
@@ -41,6 +49,7 @@ def sweep_command() -> None:
     """Put stuck jobs back on their way (the scheduler also runs this every few minutes)."""
     from worker.sweeper import sweep
 
+    _with_saved_settings()
     report = sweep()
     click.echo(f"Sweep done: {report.summary()}.")
 
@@ -81,3 +90,6 @@ def resend_command(job_id: str) -> None:
     db.session.commit()
     enqueue_email("link", job.job_id, unique=False)
     click.echo(f"A fresh link for job {job.job_id} is on its way to {job.email}.")
+
+
+from storefront.admin import cli as _admin_cli  # noqa: E402, F401  registers admin commands

@@ -235,3 +235,86 @@ class DownloadLog(db.Model):  # type: ignore[name-defined]
     bytes_sent: Mapped[int] = mapped_column(BigInteger, default=0)
     counted: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+
+
+# The admin area: its accounts, sign-in throttling, settings and audit log.
+
+
+class AdminUser(db.Model):  # type: ignore[name-defined]
+    """A person who may sign in to /admin; only a hash of the password is kept."""
+
+    __tablename__ = "admin_users"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    email: Mapped[str] = mapped_column(String(255), unique=True)
+    name: Mapped[str] = mapped_column(String(255))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    last_login_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+class SignInThrottle(db.Model):  # type: ignore[name-defined]
+    """Failed sign-ins counted per account and per address, to slow and then lock guessing."""
+
+    __tablename__ = "admin_sign_in_throttle"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), unique=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    locked_until: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+class AppSetting(db.Model):  # type: ignore[name-defined]
+    """A business setting edited in the admin area; it overrides the environment's value."""
+
+    __tablename__ = "app_settings"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(255), default="")
+
+
+class AdminAction(db.Model):  # type: ignore[name-defined]
+    """The audit log: who did what to which job, image or setting, and when."""
+
+    __tablename__ = "admin_actions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    admin: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(50))
+    target: Mapped[str] = mapped_column(String(255), default="", index=True)
+    detail: Mapped[str] = mapped_column(Text, default="")
+    # The form's one-time id: a second press of the same button finds it and does nothing.
+    request_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+
+
+# What the admin pages filter, sort and add up the jobs table by, at 100,000 rows and more. The two
+# wide ones cover their queries, so the database answers them from the index alone.
+Index("ix_smi_jobs_paid_at", Job.paid_at)
+Index("ix_smi_jobs_completed_at_download_count", Job.completed_at, Job.download_count)
+Index("ix_smi_jobs_failed_at", Job.failed_at)
+Index("ix_smi_jobs_download_expires_at", Job.download_expires_at)
+# The job list: a status, a date range, a payment status, sorted by date or amount.
+Index(
+    "ix_smi_jobs_status_created_at_payment_amount",
+    Job.status,
+    Job.created_at,
+    Job.payment_status,
+    Job.amount_charged,
+)
+# The dashboard's money: the seed's revenue query, cost, and the best-selling posts and images.
+Index(
+    "ix_smi_jobs_payment_status_created_at_money",
+    Job.payment_status,
+    Job.created_at,
+    Job.post_id,
+    Job.attachment_id,
+    Job.amount_charged,
+    Job.refund_amount,
+    Job.amount_cost,
+)

@@ -315,7 +315,8 @@ def refund_job(
         total = from_minor_units(int(charge.amount_refunded), job.currency)
     except stripe.StripeError:
         total = already + from_minor_units(int(refund.amount), job.currency)
-    apply_refund_total(job, total, reason, actor)
+    # The charge.refunded webhook may have recorded it meanwhile: compare with the row as it is.
+    apply_refund_total(get_job(job.job_id) or job, total, reason, actor)
     log.info("job=%s refund=%s amount=%s", job.job_id, refund.id, amount)
     return total
 

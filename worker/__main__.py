@@ -11,6 +11,7 @@ from rq import Worker
 
 from storefront import PROJECT_ROOT
 from storefront.queues import DEFAULT_QUEUE, UPSCALE_QUEUE
+from worker.maintenance_tasks import schedule_maintenance
 from worker.tasks import schedule_sweep
 
 
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     connection = Redis.from_url(url)
     interval = int(os.environ.get("SWEEP_INTERVAL_SECONDS") or 300)
     schedule_sweep(url, interval)
+    schedule_maintenance(url)
     # The app itself is built lazily inside each job (see worker.context), after RQ forks.
     worker = Worker(args.queues, connection=connection, name=args.name)
     worker.work(with_scheduler=True, burst=args.burst, logging_level="INFO")

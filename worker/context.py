@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from flask import Flask
 
@@ -19,6 +21,17 @@ def task_app() -> Flask:
         _app = create_app()
         _app_pid = os.getpid()
     return _app
+
+
+@contextmanager
+def task_context() -> Iterator[Flask]:
+    """The app context a task runs in, with the settings saved in the admin area applied."""
+    from storefront.backoffice.settings_store import apply_setting_overrides
+
+    app = task_app()
+    with app.app_context():
+        apply_setting_overrides(app)
+        yield app
 
 
 def use_app(app: Flask | None) -> None:

@@ -8,7 +8,7 @@ import logging
 from rq import Queue
 from rq.exceptions import DuplicateJobError
 
-from worker.context import task_app
+from worker.context import task_context
 
 log = logging.getLogger("smi.worker")
 
@@ -17,7 +17,7 @@ def process_job(job_id: str) -> str:
     """Upscale one paid job (the `upscale` queue)."""
     from worker.processing import upscale_job
 
-    with task_app().app_context():
+    with task_context():
         return upscale_job(job_id)
 
 
@@ -25,7 +25,7 @@ def send_job_email(kind: str, job_id: str) -> str:
     """Send one email about a job (the `default` queue)."""
     from worker.mail import deliver
 
-    with task_app().app_context():
+    with task_context():
         return deliver(kind, job_id)
 
 
@@ -33,7 +33,7 @@ def check_upsampler(job_id: str, attempt: str = "0") -> str:
     """Ask Upsampler about a job (after its callback, or as the polling safety net)."""
     from worker.upsampler_jobs import check
 
-    with task_app().app_context():
+    with task_context():
         return check(job_id, int(attempt))
 
 
@@ -41,7 +41,7 @@ def refund_failed(job_id: str) -> str:
     """Refund a failed job and tell the buyer."""
     from worker.processing import refund_failed_job
 
-    with task_app().app_context():
+    with task_context():
         return refund_failed_job(job_id)
 
 
@@ -49,8 +49,7 @@ def sweep() -> str:
     """Run the sweeper once, then schedule its next run."""
     from worker.sweeper import sweep as run_sweep
 
-    app = task_app()
-    with app.app_context():
+    with task_context() as app:
         try:
             return run_sweep().summary()
         finally:

@@ -1,0 +1,1 @@
+"""Services behind the admin area: accounts, job actions, dashboard figures, settings, audit log."""

@@ -1,0 +1,31 @@
+"""The audit log of the admin area: one row per action, with the admin's name."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import select
+
+from storefront.extensions import db
+from storefront.models import AdminAction
+
+log = logging.getLogger("smi.admin")
+
+
+def log_action(
+    admin: str, action: str, target: str = "", detail: str = "", request_id: str | None = None
+) -> None:
+    """Add an audit row to the session (the caller commits) and log it."""
+    db.session.add(
+        AdminAction(
+            admin=admin, action=action, target=target, detail=detail, request_id=request_id or None
+        )
+    )
+    log.info("admin=%r action=%s target=%s %s", admin, action, target, detail)
+
+
+def already_done(request_id: str | None) -> AdminAction | None:
+    """The action already made with this form's one-time id, if any."""
+    if not request_id:
+        return None
+    return db.session.scalar(select(AdminAction).where(AdminAction.request_id == request_id))
