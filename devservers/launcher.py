@@ -239,6 +239,12 @@ def main() -> None:
         wait_for_port("127.0.0.1", web_port, "web app")
         print(f"\nThe shop is running at {env['PUBLIC_BASE_URL']}/", flush=True)
         print(f"Mail it sends is printed here and saved under {INSTANCE / 'mail'}.", flush=True)
+        if not env.get("ADMIN_EMAIL"):
+            print(
+                "Admin area: /admin; create an account with "
+                "`.venv/bin/flask --app wsgi smi create-admin --email you@example.com`.",
+                flush=True,
+            )
         print("Press Ctrl-C to stop everything.\n", flush=True)
         launcher.watch()
     except KeyboardInterrupt:

@@ -36,4 +36,5 @@ trap cleanup EXIT
 "${as_pg[@]}" "$pg_bin/createdb" -h 127.0.0.1 -p "$pg_port" -U smi smi_test
 SMI_TEST_DATABASE_URL="postgresql://smi@127.0.0.1:$pg_port/smi_test" \
   "$bin/pytest" -p no:cacheprovider tests/test_schema.py tests/test_foundation.py \
-  tests/test_checkout.py tests/test_webhooks.py tests/test_orders.py
+  tests/test_checkout.py tests/test_webhooks.py tests/test_orders.py \
+  tests/test_admin_jobs.py tests/test_admin_dashboard.py tests/test_maintenance.py
