@@ -17,8 +17,9 @@ from sqlalchemy.exc import IntegrityError
 
 from storefront import funnel
 from storefront.extensions import db
+from storefront.fulfilment import after_payment
 from storefront.jobs import get_job, record_event, transition
-from storefront.models import Attachment, Job, StripeEvent, utcnow
+from storefront.models import JOB_STATUSES, Attachment, Job, StripeEvent, utcnow
 from storefront.offers import offer_for
 from storefront.pricing import from_minor_units, to_minor_units
 
@@ -212,8 +213,6 @@ def fulfil_checkout_session(session: dict[str, Any]) -> Outcome:
     )
     paid_note = f"{job.amount_charged} {job.currency}, session {session.get('id')}"
     record_event(job.job_id, "paid", paid_note)
-    from storefront.fulfilment import after_payment
-
     return Outcome(changed=True, note="paid", after_commit=[lambda: after_payment(job.job_id)])
 
 
@@ -234,7 +233,7 @@ def abandon_checkout_session(session: dict[str, Any], reason: str) -> Outcome:
 def _revoke_download(job_id: str) -> None:
     transition(
         job_id,
-        ["awaiting_payment", "pending", "processing", "completed", "failed", "abandoned"],
+        JOB_STATUSES,
         download_token=None,
         download_expires_at=None,
     )
