@@ -37,7 +37,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
 
 def _configure_logging(app: Flask) -> None:
-    """One line per event on stdout."""
+    """One line per event on stdout; access logs never show tokens or signatures."""
+    from storefront import redaction
+
+    redaction.install()
     logger = logging.getLogger("smi")
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stdout)
