@@ -66,7 +66,9 @@ def _open_image_from_catalog(page, live: LiveApp, title: str) -> None:  # type: 
     assert page.get_by_role("radio", name=re.compile(r"\b4x\b")).is_checked()
 
 
+@pytest.mark.parametrize("engine", ["local", "neural"])
 def test_buy_pay_watch_the_order_then_download_from_the_email(
+    engine: str,
     live_app: LiveApp,
     stripe_local: LocalStripe,
     smtp_sink: SinkHandler,
@@ -74,9 +76,10 @@ def test_buy_pay_watch_the_order_then_download_from_the_email(
     browser_page,  # type: ignore[no-untyped-def]
     tmp_path: Path,
 ) -> None:
+    live_app.app.config["UPSCALER"] = engine
     make_attachment(live_app.app, width=160, height=120, title="Lighthouse at dusk")
     db.session.commit()
-    start_worker()
+    start_worker(UPSCALER=engine)
     page = browser_page
     _open_image_from_catalog(page, live_app, "Lighthouse at dusk")
     assert page.get_by_text("640 × 480 px").is_visible()
