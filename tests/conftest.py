@@ -319,3 +319,46 @@ def start_worker(app: Flask, tmp_path: Path) -> Iterator[Callable[..., WorkerPro
                 worker.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 worker.kill()
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Debian's Chromium as root, headless, and quiet on a machine without internet.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def new_browser_page() -> Iterator[Callable[..., Any]]:
+    """Open pages in a headless Chromium (Debian's, driven by Playwright): `open(width, height)`."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail("chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        contexts: list[Any] = []
+
+        def open_page(width: int, height: int, **context_options: Any) -> Any:
+            context = browser.new_context(
+                viewport={"width": width, "height": height}, **context_options
+            )
+            contexts.append(context)
+            page = context.new_page()
+            page.set_default_timeout(20000)
+            return page
+
+        try:
+            yield open_page
+        finally:
+            for context in contexts:
+                context.close()
+            browser.close()

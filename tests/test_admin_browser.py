@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import re
-import shutil
-from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -21,39 +18,13 @@ from tests.factories import make_attachment
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
 admin_user = admin_helpers.admin_user
 
 
 @pytest.fixture
-def laptop_page() -> Iterator:  # type: ignore[type-arg]
-    """A fresh headless Chromium page the size of a laptop screen."""
-    if not Path(CHROMIUM).exists():
-        pytest.fail("chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        context = browser.new_context(viewport={"width": 1366, "height": 768})
-        page = context.new_page()
-        page.set_default_timeout(20000)
-        try:
-            yield page
-        finally:
-            context.close()
-            browser.close()
+def laptop_page(new_browser_page):  # type: ignore[no-untyped-def]
+    """A page the size of a laptop screen."""
+    return new_browser_page(1366, 768)
 
 
 def _paid_job(live: LiveApp, stripe_local: LocalStripe, email: str) -> Job:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import re
-import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,37 +19,11 @@ from tests.factories import make_attachment
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
 
 @pytest.fixture
-def browser_page(tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
-    """A fresh headless Chromium page (Debian's chromium, driven by Playwright)."""
-    if not Path(CHROMIUM).exists():
-        pytest.fail("chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        context = browser.new_context(accept_downloads=True, viewport={"width": 390, "height": 844})
-        page = context.new_page()
-        page.set_default_timeout(20000)
-        try:
-            yield page
-        finally:
-            context.close()
-            browser.close()
+def browser_page(new_browser_page):  # type: ignore[no-untyped-def]
+    """A phone-sized page that accepts downloads."""
+    return new_browser_page(390, 844, accept_downloads=True)
 
 
 def _image_size(source: object) -> tuple[int, int]:
