@@ -282,9 +282,10 @@ def refund(
     except RefundFailed as exc:
         db.session.rollback()
         raise ActionRefused(f"Stripe did not make the refund: {exc}") from exc
-    log_action(
-        admin, "refund", job.job_id, f"{refunded} {job.currency} ({reason[:200]})", request_id
-    )
+    note = f"{refunded} {job.currency} ({reason[:200]})"
+    # Who asked, in the timeline; the "refunded" total is noted once, by this or the webhook.
+    record_event(job.job_id, "admin_refund", note, actor=admin)
+    log_action(admin, "refund", job.job_id, note, request_id)
     _commit(request_id)
     return f"Refunded {refunded} {job.currency.upper()} (total refunded: {total})."
 
