@@ -61,14 +61,16 @@ def upscale_job(job_id: str) -> str:
     assert job is not None
     try:
         if current_app.config["UPSCALER"] == "upsampler":
-            from worker import upsampler_jobs
+            from worker import upsampler_jobs  # here: that module imports this one
 
             return upsampler_jobs.submit(job)
         output = _make_output(job)
     except PermanentUpscaleError as exc:
+        db.session.rollback()
         fail_job(job_id, f"Upscaling failed: {exc}")
         return "failed"
     except Exception as exc:
+        db.session.rollback()
         if _is_last_attempt():
             fail_job(job_id, f"Upscaling failed after retries: {type(exc).__name__}: {exc}")
             raise
