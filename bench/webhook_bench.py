@@ -407,7 +407,7 @@ def count_results(settings: dict[str, str], sales: list[Sale]) -> list[Check]:
 
     from storefront import create_app
     from storefront.extensions import db
-    from storefront.fulfilment import processing_rq_id
+    from storefront.jobs.queueing import processing_rq_id
     from storefront.models import Job, StripeEvent
     from storefront.queues import DEFAULT_QUEUE, UPSCALE_QUEUE
 

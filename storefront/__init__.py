@@ -77,14 +77,14 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
 
 
 def _register_blueprints(app: Flask) -> None:
-    from storefront.admin import bp as admin_bp
-    from storefront.checkout import bp as checkout_bp
-    from storefront.downloads import bp as downloads_bp
-    from storefront.health import bp as health_bp
-    from storefront.media import bp as media_bp
-    from storefront.orders import bp as orders_bp
-    from storefront.shop import bp as shop_bp
-    from storefront.webhooks import bp as webhooks_bp
+    from storefront.web.admin import bp as admin_bp
+    from storefront.web.checkout import bp as checkout_bp
+    from storefront.web.downloads import bp as downloads_bp
+    from storefront.web.health import bp as health_bp
+    from storefront.web.media import bp as media_bp
+    from storefront.web.orders import bp as orders_bp
+    from storefront.web.shop import bp as shop_bp
+    from storefront.web.webhooks import bp as webhooks_bp
 
     app.register_blueprint(admin_bp)
     app.register_blueprint(health_bp)
@@ -97,7 +97,7 @@ def _register_blueprints(app: Flask) -> None:
 
 
 def _register_error_handlers(app: Flask) -> None:
-    from storefront.errors import register_error_handlers
+    from storefront.web.errors import register_error_handlers
 
     register_error_handlers(app)
 

@@ -37,7 +37,7 @@ def make_admin(
     email: str = ADMIN_EMAIL, password: str = ADMIN_PASSWORD, name: str = ADMIN_NAME
 ) -> AdminUser:
     """An admin account, committed."""
-    from storefront.backoffice.accounts import hash_password
+    from storefront.accounts.admins import hash_password
 
     user = AdminUser(email=email, name=name, password_hash=hash_password(password))
     db.session.add(user)

@@ -13,10 +13,10 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from storefront import create_app
-from storefront.backoffice.settings_store import apply_setting_overrides
-from storefront.catalog import preview_path
+from storefront.catalog.library import preview_path
 from storefront.extensions import db
 from storefront.models import AdminAction, AppSetting, Attachment, Post
+from storefront.settings_editor import apply_setting_overrides
 from storefront.storage import resolve
 from tests import admin_helpers
 from tests.admin_helpers import completed_job, fresh, text

@@ -11,10 +11,10 @@ from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 
 from storefront import funnel
-from storefront.backoffice.dashboard import DateRange, build_dashboard, revenue_by_day
 from storefront.extensions import db
-from storefront.fulfilment import enqueue_processing
+from storefront.jobs.queueing import enqueue_processing
 from storefront.models import FunnelEvent, Job, utcnow
+from storefront.reports.dashboard import DateRange, build_dashboard, revenue_by_day
 from tests import admin_helpers
 from tests.admin_helpers import text
 from tests.factories import make_attachment, make_job, make_post

@@ -19,9 +19,9 @@ from sqlalchemy import func, select
 
 from devservers.smtp_sink import SinkHandler, text_of
 from devservers.stripe_local import LocalStripe
-from storefront.delivery import new_token
 from storefront.extensions import db
-from storefront.jobs import record_event
+from storefront.jobs.delivery import new_token
+from storefront.jobs.state import record_event
 from storefront.models import AdminAction, DownloadLog, Job, JobEvent, StripeEvent, utcnow
 from storefront.storage import resolve
 from tests import admin_helpers

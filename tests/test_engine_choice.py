@@ -7,9 +7,9 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from devservers.stripe_local import LocalStripe
+from storefront.catalog.offers import engine_for, neural_estimate
 from storefront.extensions import db
 from storefront.models import Job
-from storefront.offers import engine_for, neural_estimate
 from tests.factories import make_attachment
 
 

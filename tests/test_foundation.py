@@ -9,7 +9,7 @@ from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 from sqlalchemy import func, select
 
-from storefront.catalog import DEMO_POSTS
+from storefront.catalog.library import DEMO_POSTS
 from storefront.config import ConfigError, load_settings
 from storefront.extensions import db
 from storefront.models import Attachment, Post

@@ -247,7 +247,7 @@ def test_worker_killed_mid_job_is_brought_to_completed_by_the_sweeper(
     first.kill()
     assert _fresh(job.job_id).status == "processing"
 
-    from worker.sweeper import sweep
+    from storefront.jobs.recovery import sweep
 
     with live_app.app.app_context():
         report = sweep(now=utcnow() + dt.timedelta(hours=2))
@@ -273,7 +273,7 @@ def test_redis_down_when_the_webhook_arrives_is_processed_once_redis_is_back(
     assert [d["status"] for d in delivered] == [200]
     del live_app.app.extensions["smi_redis"]  # Redis is back
 
-    from worker.sweeper import sweep
+    from storefront.jobs.recovery import sweep
 
     with live_app.app.app_context():
         report = sweep(now=utcnow() + dt.timedelta(minutes=5))

@@ -18,10 +18,10 @@ from rq import Queue
 from rq.registry import ScheduledJobRegistry
 from sqlalchemy import select
 
-from storefront import maintenance
-from storefront.delivery import LinkState, find_link, new_token
 from storefront.extensions import db
-from storefront.jobs import record_event
+from storefront.jobs.delivery import LinkState, find_link, new_token
+from storefront.jobs.state import record_event
+from storefront.maintenance import operations as maintenance
 from storefront.models import AdminAction, DownloadLog, Job, JobEvent, utcnow
 from storefront.storage import resolve
 from tests import admin_helpers

@@ -8,7 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from storefront.pricing import PriceSettings, from_minor_units, offers, quote, to_minor_units
+from storefront.catalog.pricing import (
+    PriceSettings,
+    from_minor_units,
+    offers,
+    quote,
+    to_minor_units,
+)
 
 DEFAULTS = PriceSettings(
     markup_percent=Decimal("200"),

@@ -21,8 +21,8 @@ from devservers.stripe_local import LocalStripe
 from devservers.upsampler_local import LocalUpsampler
 from devservers.upsampler_local import start_server as start_upsampler
 from storefront.extensions import db
+from storefront.jobs.upsampler_links import callback_signature
 from storefront.models import Job, JobEvent, utcnow
-from storefront.provider import callback_signature
 from storefront.storage import resolve
 from tests.conftest import LiveApp, WorkerProcess, wait_until
 from tests.factories import make_attachment
@@ -78,7 +78,7 @@ def _events(job_id: str, kind: str) -> int:
 
 
 def _submit_in_process(live: LiveApp, job_id: str) -> Job:
-    from worker.processing import upscale_job
+    from worker.upscaling import upscale_job
 
     with live.app.app_context():
         assert upscale_job(job_id) == "submitted"
@@ -86,7 +86,7 @@ def _submit_in_process(live: LiveApp, job_id: str) -> Job:
 
 
 def _check_in_process(live: LiveApp, job_id: str, attempt: int = 0) -> str:
-    from worker.upsampler_jobs import check
+    from worker.upsampler import check
 
     with live.app.app_context():
         return check(job_id, attempt)

@@ -26,7 +26,7 @@ def task_app() -> Flask:
 @contextmanager
 def task_context() -> Iterator[Flask]:
     """The app context a task runs in, with the settings saved in the admin area applied."""
-    from storefront.backoffice.settings_store import apply_setting_overrides
+    from storefront.settings_editor import apply_setting_overrides
 
     app = task_app()
     with app.app_context():

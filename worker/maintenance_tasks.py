@@ -62,8 +62,8 @@ def schedule_maintenance(
 
 def run_maintenance() -> str:
     """Run the day's maintenance (with the settings saved in the admin), then schedule the next."""
-    from storefront.backoffice.settings_store import apply_setting_overrides
-    from storefront.maintenance import run_scheduled
+    from storefront.maintenance.operations import run_scheduled
+    from storefront.settings_editor import apply_setting_overrides
 
     app = task_app()
     with app.app_context():

@@ -15,7 +15,7 @@ log = logging.getLogger("smi.worker")
 
 def process_job(job_id: str) -> str:
     """Upscale one paid job (the `upscale` queue)."""
-    from worker.processing import upscale_job
+    from worker.upscaling import upscale_job
 
     with task_context():
         return upscale_job(job_id)
@@ -23,7 +23,7 @@ def process_job(job_id: str) -> str:
 
 def send_job_email(kind: str, job_id: str) -> str:
     """Send one email about a job (the `default` queue)."""
-    from worker.mail import deliver
+    from storefront.jobs.emails import deliver
 
     with task_context():
         return deliver(kind, job_id)
@@ -31,7 +31,7 @@ def send_job_email(kind: str, job_id: str) -> str:
 
 def check_upsampler(job_id: str, attempt: str = "0") -> str:
     """Ask Upsampler about a job (after its callback, or as the polling safety net)."""
-    from worker.upsampler_jobs import check
+    from worker.upsampler import check
 
     with task_context():
         return check(job_id, int(attempt))
@@ -39,7 +39,7 @@ def check_upsampler(job_id: str, attempt: str = "0") -> str:
 
 def refund_failed(job_id: str) -> str:
     """Refund a failed job and tell the buyer."""
-    from worker.processing import refund_failed_job
+    from worker.upscaling import refund_failed_job
 
     with task_context():
         return refund_failed_job(job_id)
@@ -47,7 +47,7 @@ def refund_failed(job_id: str) -> str:
 
 def sweep() -> str:
     """Run the sweeper once, then schedule its next run."""
-    from worker.sweeper import sweep as run_sweep
+    from storefront.jobs.recovery import sweep as run_sweep
 
     with task_context() as app:
         try:

@@ -1,0 +1,1 @@
+"""Admin accounts, sign-in throttling and the audit log."""

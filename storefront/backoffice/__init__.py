@@ -1,1 +1,0 @@
-"""Services behind the admin area: accounts, job actions, dashboard figures, settings, audit log."""

@@ -1,0 +1,204 @@
+"""Catalog changes from the admin area: posts, uploaded images, their details, and removal."""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import IO
+
+from flask import Flask
+from sqlalchemy import select, update
+
+from storefront.accounts.audit import log_action
+from storefront.catalog.library import PREVIEW_SIZES, add_image, read_image_info, slugify
+from storefront.extensions import db
+from storefront.formatting import format_bytes
+from storefront.models import Attachment, Job, Post
+from storefront.storage import resolve, safe_filename, storage_root
+
+log = logging.getLogger("smi.admin")
+
+ALLOWED_SUFFIXES = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".webp": "image/webp",
+}
+DEFAULT_MAX_UPLOAD_BYTES = 25 * 1000 * 1000
+MAX_SIDE = 20000
+MAX_MEGAPIXELS = 200
+SLUG_PATTERN = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+
+
+class CatalogError(ValueError):
+    """A catalog change was refused; the message says why, and nothing changed."""
+
+
+def _clean_slug(slug: str, title: str) -> str:
+    slug = slug.strip().lower() or slugify(title)
+    if not SLUG_PATTERN.fullmatch(slug) or len(slug) > 200:
+        raise CatalogError("A slug is lowercase letters, digits and dashes, like my-trip-2026.")
+    return slug
+
+
+def save_post(post: Post | None, title: str, slug: str, body: str, admin: str) -> Post:
+    """Create a post (or change one); the slug must be unused. Commits."""
+    title = title.strip()
+    if not title or len(title) > 255:
+        raise CatalogError("A post needs a title of at most 255 characters.")
+    slug = _clean_slug(slug, title)
+    clash = db.session.scalar(select(Post).where(Post.slug == slug))
+    if clash is not None and clash is not post:
+        raise CatalogError(f"The slug {slug!r} is used by another post.")
+    created = post is None
+    if post is None:
+        post = Post(slug=slug, title=title, body=body)
+        db.session.add(post)
+    else:
+        post.slug, post.title, post.body = slug, title, body
+    db.session.flush()
+    log_action(admin, "post_created" if created else "post_changed", f"post:{post.id}", title)
+    db.session.commit()
+    return post
+
+
+def _unique_name(app: Flask, post: Post, filename: str) -> str:
+    name = safe_filename(filename)
+    stem, suffix = Path(name).stem, Path(name).suffix.lower()
+    candidate, number = f"{stem}{suffix}", 1
+    while resolve(app, f"originals/{post.slug}/{candidate}").exists():
+        number += 1
+        candidate = f"{stem}-{number}{suffix}"
+    return candidate
+
+
+def upload_image(
+    app: Flask,
+    post: Post,
+    stream: IO[bytes],
+    filename: str,
+    *,
+    title: str,
+    alt_text: str,
+    for_sale: bool,
+    admin: str,
+) -> Attachment:
+    """Check an uploaded image (type, size, dimensions), store it like the demo ones. Commits."""
+    suffix = Path(filename or "").suffix.lower()
+    if suffix not in ALLOWED_SUFFIXES:
+        raise CatalogError("Upload a JPEG, PNG or WebP image (.jpg, .jpeg, .png or .webp).")
+    limit = int(app.config.get("ADMIN_UPLOAD_MAX_BYTES", DEFAULT_MAX_UPLOAD_BYTES))
+    work = storage_root(app) / "tmp"
+    work.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(dir=work, prefix=".tmp-upload-"))
+    try:
+        source = folder / _unique_name(app, post, filename)
+        size = 0
+        with source.open("wb") as handle:
+            while chunk := stream.read(1024 * 1024):
+                size += len(chunk)
+                if size > limit:
+                    raise CatalogError(f"The image is larger than {format_bytes(limit)}.")
+                handle.write(chunk)
+        if size == 0:
+            raise CatalogError("The file is empty.")
+        try:
+            info = read_image_info(source)
+        except Exception as exc:  # pyvips raises its own Error for anything unreadable
+            raise CatalogError("That file is not an image we can read.") from exc
+        if info.mime_type != ALLOWED_SUFFIXES[suffix] and {
+            info.mime_type,
+            ALLOWED_SUFFIXES[suffix],
+        } != {"image/jpeg"}:
+            raise CatalogError(
+                f"The file's name says {suffix} but its content is {info.mime_type}."
+            )
+        if (
+            max(info.width, info.height) > MAX_SIDE
+            or info.width * info.height > MAX_MEGAPIXELS * 10**6
+        ):
+            raise CatalogError(
+                f"The image is {info.width} × {info.height} px; the largest accepted is "
+                f"{MAX_SIDE} px a side and {MAX_MEGAPIXELS} megapixels."
+            )
+        attachment = add_image(app, post, source, title=title.strip(), alt_text=alt_text.strip())
+        attachment.original_filename = (filename or source.name)[:255]
+        attachment.for_sale = for_sale
+        db.session.flush()
+        log_action(
+            admin,
+            "image_uploaded",
+            f"image:{attachment.id}",
+            f"{attachment.file_path}, {info.width}×{info.height}",
+        )
+        db.session.commit()
+        return attachment
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def update_image(
+    attachment: Attachment, *, title: str, alt_text: str, for_sale: bool, admin: str
+) -> None:
+    """Change an image's title, alt text and whether it is for sale. Commits."""
+    if len(title) > 255 or len(alt_text) > 500:
+        raise CatalogError("A title has at most 255 characters, alt text at most 500.")
+    changes = []
+    if attachment.for_sale != for_sale:
+        changes.append("for sale" if for_sale else "not for sale")
+    attachment.title, attachment.alt_text, attachment.for_sale = (
+        title.strip(),
+        alt_text.strip(),
+        for_sale,
+    )
+    log_action(admin, "image_changed", f"image:{attachment.id}", ", ".join(changes))
+    db.session.commit()
+
+
+def removal_blocker(attachment: Attachment) -> str | None:
+    """Why the image must stay (a paid job still needs its original), or None."""
+    needing = db.session.scalar(
+        select(Job.job_id)
+        .where(
+            Job.attachment_id == attachment.id,
+            Job.payment_status == "paid",
+            db.or_(
+                Job.status.in_(("pending", "processing")),
+                db.and_(Job.status == "failed", Job.refunded_at.is_(None)),
+            ),
+        )
+        .limit(1)
+    )
+    if needing:
+        return (
+            f"A paid job still needs this image (job {needing}); remove it once that job is "
+            "completed or refunded."
+        )
+    return None
+
+
+def remove_image(app: Flask, attachment: Attachment, admin: str) -> None:
+    """Remove an image no paid job needs: its row, original and previews. Commits.
+
+    Jobs that bought it keep their record (and their delivered file); they no longer point at it.
+    """
+    reason = removal_blocker(attachment)
+    if reason:
+        raise CatalogError(reason)
+    relative, image_id = attachment.file_path, attachment.id
+    db.session.execute(
+        update(Job)
+        .where(Job.attachment_id == image_id)
+        .values(attachment_id=None)
+        .execution_options(synchronize_session=False)
+    )
+    db.session.delete(attachment)
+    log_action(admin, "image_removed", f"image:{image_id}", relative)
+    db.session.commit()
+    for path in [resolve(app, relative)] + [
+        storage_root(app) / "previews" / size / f"{image_id}.jpg" for size in PREVIEW_SIZES
+    ]:
+        path.unlink(missing_ok=True)

@@ -1,0 +1,67 @@
+"""What an image page offers: each resolution's price, and the engine that would upscale it."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from storefront.catalog.pricing import FACTORS, Offer, PriceSettings, offers
+from storefront.models import Attachment
+
+ENGINE_LABELS = {
+    "neural": "AI upscaling (neural network, on our own servers)",
+    "upsampler": "AI upscaling by Upsampler.com",
+    "local": "High-quality Lanczos resampling with sharpening",
+}
+
+
+def engine_for(width: int, height: int, factor: int, config: Mapping[str, Any]) -> str | None:
+    """The engine that upscales this tier, or None when it is not offered on this engine.
+
+    With the neural engine, a tier whose estimated run time is over NEURAL_MAX_MINUTES goes to
+    the local engine, or is not offered, as NEURAL_OVER_LIMIT says.
+    """
+    configured = str(config["UPSCALER"])
+    if configured != "neural":
+        return configured
+    if neural_estimate(width, height, factor) <= int(config["NEURAL_MAX_MINUTES"]) * 60:
+        return "neural"
+    return "local" if config["NEURAL_OVER_LIMIT"] == "local" else None
+
+
+def neural_estimate(width: int, height: int, factor: int) -> float:
+    """Estimated seconds of the neural engine for this tier."""
+    from worker.engines.neural import estimate_seconds
+
+    return estimate_seconds(width, height, factor)
+
+
+def image_offers(attachment: Attachment, config: Mapping[str, Any]) -> list[Offer]:
+    """Every resolution of an image, priced, with its engine or the reason it is not offered."""
+    result = []
+    for offer in offers(
+        attachment.width,
+        attachment.height,
+        for_sale=attachment.for_sale,
+        resolutions=tuple(config["RESOLUTIONS"]),
+        settings=PriceSettings.from_config(config),
+    ):
+        engine = engine_for(attachment.width, attachment.height, offer.quote.factor, config)
+        if engine is None and offer.available:
+            minutes = neural_estimate(attachment.width, attachment.height, offer.quote.factor) / 60
+            offer = dataclasses.replace(
+                offer,
+                unavailable_reason=(
+                    f"Too large for AI upscaling here: it would take about {minutes:.0f} minutes."
+                ),
+            )
+        result.append(dataclasses.replace(offer, engine=engine or ""))
+    return result
+
+
+def offer_for(attachment: Attachment, resolution: str, config: Mapping[str, Any]) -> Offer:
+    """The offer of one resolution of an image (KeyError for an unknown resolution)."""
+    if resolution not in FACTORS:
+        raise KeyError(resolution)
+    return next(o for o in image_offers(attachment, config) if o.quote.resolution == resolution)

@@ -1,0 +1,116 @@
+"""The emails a job sends: built from templates, HTML with a plain-text alternative."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from flask import current_app, render_template
+from flask_mail import Message
+
+from storefront.extensions import mail
+from storefront.models import Job
+
+log = logging.getLogger("smi.mail")
+
+
+@dataclass(frozen=True)
+class EmailKind:
+    """One kind of email: its subject and the template pair that renders it."""
+
+    subject: str
+    template: str
+    to_admin: bool = False
+
+
+KINDS = {
+    "paid": EmailKind("Payment received: we're upscaling your image", "paid"),
+    "ready": EmailKind("Your high-resolution image is ready", "ready"),
+    "link": EmailKind("A fresh download link for your image", "ready"),
+    "failed": EmailKind("We couldn't process your image: you have been refunded", "failed"),
+    "admin_alert": EmailKind("[Sell My Images] A paid job failed", "admin_alert", to_admin=True),
+    "cost_alert": EmailKind(
+        "[Sell My Images] A job cost more than the buyer paid", "admin_alert", to_admin=True
+    ),
+}
+
+
+def local_time(value: Any) -> Any:
+    """A stored UTC time in the shop's display time zone."""
+    if value is None:
+        return None
+    zone = ZoneInfo(current_app.config["DISPLAY_TIMEZONE"])
+    return value.replace(tzinfo=ZoneInfo("UTC")).astimezone(zone)
+
+
+def build_message(kind: str, job: Job, **context: Any) -> Message:
+    """The email of `kind` about `job`, addressed to the buyer (or the admin for alerts)."""
+    spec = KINDS[kind]
+    config = current_app.config
+    recipient = config.get("ADMIN_EMAIL") if spec.to_admin else job.email
+    if not recipient:
+        raise ValueError(f"no recipient for the {kind} email of job {job.job_id}")
+    base = config["PUBLIC_BASE_URL"]
+    values = {
+        "job": job,
+        "kind": kind,
+        "base": base,
+        "order_url": f"{base}/orders/{job.job_id}",
+        "output_width": (job.image_width or 0) * job.factor,
+        "output_height": (job.image_height or 0) * job.factor,
+        "expires": local_time(job.download_expires_at),
+        "title": (job.attachment.title if job.attachment else "") or "your image",
+        **context,
+    }
+    return Message(
+        subject=spec.subject,
+        recipients=[recipient],
+        body=render_template(f"email/{spec.template}.txt", **values),
+        html=render_template(f"email/{spec.template}.html", **values),
+    )
+
+
+def send(message: Message) -> None:
+    """Hand the message to the SMTP server; raises if it does not accept it."""
+    mail.send(message)
+
+
+def deliver(kind: str, job_id: str) -> str:
+    """Send one of a job's emails; SMTP errors propagate so RQ retries this email alone."""
+    from storefront.extensions import db
+    from storefront.jobs.delivery import issue_download_token
+    from storefront.jobs.state import get_job, record_event, transition
+
+    job = get_job(job_id)
+    if job is None:
+        return "unknown job"
+    context: dict[str, Any] = {}
+    if kind in ("ready", "link"):
+        if kind == "ready" and job.email_sent:
+            return "already sent"
+        # The token exists in clear only here and in the message; the database keeps its digest.
+        token = issue_download_token(job_id)
+        if token is None:
+            db.session.rollback()
+            return f"not deliverable ({job.status}/{job.payment_status})"
+        db.session.commit()
+        context["download_url"] = f"{current_app.config['PUBLIC_BASE_URL']}/download/{token}"
+        job = get_job(job_id)
+        assert job is not None
+    spec = KINDS[kind]
+    if not spec.to_admin and not job.email:
+        record_event(job_id, f"email_{kind}_skipped", "no email address for this order")
+        db.session.commit()
+        return "no address"
+    if spec.to_admin and not current_app.config.get("ADMIN_EMAIL"):
+        return "no admin address"
+    send(build_message(kind, job, **context))
+    if kind in ("ready", "link"):
+        transition(job_id, ["completed"], email_sent=True)
+    recipient = "admin" if spec.to_admin else "buyer"
+    record_event(job_id, f"email_{kind}", f"sent to the {recipient}")
+    db.session.commit()
+    log.info("job=%s email=%s sent", job_id, kind)
+    return "sent"

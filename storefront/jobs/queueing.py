@@ -1,0 +1,158 @@
+"""What happens once a job is paid: queue its upscale and its emails, each exactly once."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+
+from flask import current_app
+from redis.exceptions import RedisError
+from rq import Retry
+from rq.exceptions import DuplicateJobError, NoSuchJobError
+from rq.job import Job as RQJob
+from rq.job import JobStatus
+
+from storefront.queues import DEFAULT_QUEUE, UPSCALE_QUEUE, get_queue
+
+log = logging.getLogger("smi.fulfilment")
+
+LIVE_STATUSES = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
+ENDED_BADLY = {JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
+EMAIL_RETRY = Retry(max=8, interval=[5, 15, 30, 60, 120, 300, 600, 1200])
+
+
+def processing_rq_id(job_id: str) -> str:
+    """The deterministic RQ id of a job's upscale."""
+    return f"upscale-{job_id}"
+
+
+def _enqueue_once(
+    queue_name: str,
+    rq_id: str,
+    func: str,
+    args: tuple[str, ...],
+    *,
+    replaceable: set[JobStatus],
+    **options: object,
+) -> bool:
+    """Enqueue under `rq_id`, unless an RQ job of that id exists in a state not `replaceable`."""
+    queue = get_queue(current_app._get_current_object(), queue_name)  # type: ignore[attr-defined]
+    try:
+        try:
+            existing = RQJob.fetch(rq_id, connection=queue.connection)
+        except NoSuchJobError:
+            existing = None
+        if existing is not None:
+            status = existing.get_status()
+            if status not in replaceable:
+                log.info("rq_job=%s is already %s", rq_id, status)
+                return False
+            existing.delete()
+        queue.enqueue(func, *args, job_id=rq_id, unique=True, **options)
+    except DuplicateJobError:
+        log.info("rq_job=%s was queued by someone else just now", rq_id)
+        return False
+    except RedisError as exc:
+        # What was committed stays; the sweeper queues it once Redis is back.
+        log.warning("rq_job=%s could not be queued (%s); the sweeper will retry", rq_id, exc)
+        return False
+    log.info("rq_job=%s queued on %s", rq_id, queue_name)
+    return True
+
+
+def processing_timeout(job_id: str) -> int:
+    """Seconds an upscale may run: the setting, or three times the neural engine's estimate."""
+    from storefront.catalog.offers import engine_for, neural_estimate
+    from storefront.jobs.state import get_job
+
+    config = current_app.config
+    timeout = int(config["PROCESSING_TIMEOUT_MINUTES"]) * 60
+    job = get_job(job_id)
+    if job is None or not job.image_width or not job.image_height:
+        return timeout
+    if engine_for(job.image_width, job.image_height, job.factor, config) == "neural":
+        estimate = neural_estimate(job.image_width, job.image_height, job.factor)
+        timeout = max(timeout, int(3 * estimate))
+    return timeout
+
+
+def enqueue_processing(job_id: str, *, replace_live: bool = False) -> bool:
+    """Put the job's upscale on the `upscale` queue, unless it is already there or running.
+
+    `replace_live` is for the sweeper, when the worker running it has died.
+    """
+    return _enqueue_once(
+        UPSCALE_QUEUE,
+        processing_rq_id(job_id),
+        "worker.tasks.process_job",
+        (job_id,),
+        # The database says whether work remains; a finished RQ record is only history.
+        replaceable=ENDED_BADLY | {JobStatus.FINISHED} | (LIVE_STATUSES if replace_live else set()),
+        job_timeout=processing_timeout(job_id),
+        retry=Retry(max=3, interval=[10, 60, 300]),
+        result_ttl=24 * 3600,
+        failure_ttl=7 * 24 * 3600,
+    )
+
+
+def enqueue_email(kind: str, job_id: str, *, unique: bool = True) -> bool:
+    """Queue one of a job's emails on the `default` queue; once per kind and job when `unique`."""
+    rq_id = f"email-{kind}-{job_id}"
+    if not unique:
+        rq_id += f"-{uuid.uuid4().hex[:12]}"
+    return _enqueue_once(
+        DEFAULT_QUEUE,
+        rq_id,
+        "worker.tasks.send_job_email",
+        (kind, job_id),
+        # A finished email job was sent: never again. One that gave up may be tried anew.
+        replaceable=ENDED_BADLY,
+        job_timeout=120,
+        retry=EMAIL_RETRY,
+        result_ttl=7 * 24 * 3600,
+    )
+
+
+def enqueue_upsampler_check(job_id: str, *, delay_seconds: int = 0, attempt: int = 0) -> bool:
+    """Ask (now or later) how the job's Upsampler upscale is going, and act on the answer."""
+    rq_id = (
+        f"upsampler-check-{job_id}" if delay_seconds == 0 else f"upsampler-poll-{job_id}-{attempt}"
+    )
+    options: dict[str, object] = {
+        "job_timeout": int(current_app.config["PROCESSING_TIMEOUT_MINUTES"]) * 60,
+        "retry": Retry(max=3, interval=[15, 60, 180]),
+        "result_ttl": 3600,
+    }
+    if delay_seconds == 0:
+        return _enqueue_once(
+            UPSCALE_QUEUE,
+            rq_id,
+            "worker.tasks.check_upsampler",
+            (job_id, str(attempt)),
+            replaceable=ENDED_BADLY | {JobStatus.FINISHED},
+            **options,
+        )
+    queue = get_queue(current_app._get_current_object(), UPSCALE_QUEUE)  # type: ignore[attr-defined]
+    try:
+        queue.enqueue_in(
+            dt.timedelta(seconds=delay_seconds),
+            "worker.tasks.check_upsampler",
+            job_id,
+            str(attempt),
+            job_id=rq_id,
+            unique=True,
+            **options,
+        )
+    except DuplicateJobError:
+        return False
+    except RedisError as exc:
+        log.warning("job=%s poll could not be scheduled (%s); the sweeper will", job_id, exc)
+        return False
+    return True
+
+
+def after_payment(job_id: str) -> None:
+    """Once a payment is committed: queue the upscale and the "payment received" email."""
+    enqueue_processing(job_id)
+    enqueue_email("paid", job_id)

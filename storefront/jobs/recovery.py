@@ -1,0 +1,168 @@
+"""The sweeper: finds paid jobs that fell through a crack and puts them back on their way."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+
+import stripe
+from flask import current_app
+from sqlalchemy import ColumnElement, select
+
+from storefront.extensions import db
+from storefront.jobs.queueing import (
+    enqueue_email,
+    enqueue_processing,
+    enqueue_upsampler_check,
+    processing_timeout,
+)
+from storefront.jobs.state import record_event, transition
+from storefront.jobs.stripe_events import (
+    CheckoutUnavailable,
+    abandon_checkout_session,
+    fulfil_checkout_session,
+    retrieve_session,
+    run_after_commit,
+)
+from storefront.models import Job, utcnow
+from worker.upscaling import fail_job, refund_failed_job
+
+log = logging.getLogger("smi.sweeper")
+
+QUEUE_GRACE = dt.timedelta(minutes=1)
+STALE_GRACE = dt.timedelta(minutes=2)
+CHECKOUT_GRACE = dt.timedelta(minutes=5)
+EMAIL_GRACE = dt.timedelta(minutes=10)
+
+
+@dataclass
+class SweepReport:
+    """What one sweep did, by kind."""
+
+    queued: list[str] = field(default_factory=list)
+    requeued: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    fulfilled: list[str] = field(default_factory=list)
+    abandoned: list[str] = field(default_factory=list)
+    emails: list[str] = field(default_factory=list)
+    refunds: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line of counts."""
+        return ", ".join(f"{name} {len(items)}" for name, items in vars(self).items())
+
+
+def _ids(*conditions: ColumnElement[bool]) -> list[str]:
+    return list(db.session.scalars(select(Job.job_id).where(*conditions).limit(500)))
+
+
+def sweep(now: dt.datetime | None = None) -> SweepReport:
+    """One pass over every kind of stuck job."""
+    now = now or utcnow()
+    config = current_app.config
+    report = SweepReport()
+
+    # Paid while Redis was down, or its RQ record was lost: queue it.
+    for job_id in _ids(
+        Job.status == "pending", Job.payment_status == "paid", Job.paid_at < now - QUEUE_GRACE
+    ):
+        if enqueue_processing(job_id):
+            report.queued.append(job_id)
+
+    # Its worker died mid-job: requeue a bounded number of times, then fail and refund.
+    timeout = dt.timedelta(minutes=int(config["PROCESSING_TIMEOUT_MINUTES"]))
+    max_attempts = int(config["PROCESSING_MAX_ATTEMPTS"])
+    for job in db.session.scalars(
+        select(Job).where(
+            Job.status == "processing", Job.processing_started_at < now - timeout - STALE_GRACE
+        )
+    ).all():
+        own_timeout = dt.timedelta(seconds=processing_timeout(job.job_id))
+        if (
+            job.processing_started_at
+            and job.processing_started_at > now - own_timeout - STALE_GRACE
+        ):
+            continue  # a long neural upscale still within its own time
+        if job.upsampler_job_id:
+            # Upsampler has it: a fresh status check fails and refunds it if it timed out.
+            enqueue_upsampler_check(job.job_id)
+            continue
+        if job.attempts >= max_attempts:
+            if fail_job(job.job_id, f"The upscale did not finish in {job.attempts} attempts"):
+                report.failed.append(job.job_id)
+            continue
+        if transition(
+            job.job_id,
+            ["processing"],
+            where=[Job.processing_started_at == job.processing_started_at],
+            status="pending",
+        ):
+            record_event(job.job_id, "requeued", "the worker stopped answering; trying again")
+            db.session.commit()
+            enqueue_processing(job.job_id, replace_live=True)
+            report.requeued.append(job.job_id)
+
+    # A checkout past its expiry: ask Stripe whether it was paid after all.
+    expiry = dt.timedelta(minutes=int(config["CHECKOUT_EXPIRY_MINUTES"]))
+    for job in db.session.scalars(
+        select(Job).where(
+            Job.status == "awaiting_payment",
+            db.or_(
+                Job.checkout_expires_at < now - CHECKOUT_GRACE,
+                db.and_(
+                    Job.checkout_expires_at.is_(None),
+                    Job.created_at < now - expiry - CHECKOUT_GRACE,
+                ),
+            ),
+        )
+    ).all():
+        _settle_checkout(job, report)
+
+    # Completed, but the ready email never went out.
+    for job_id in _ids(
+        Job.status == "completed",
+        Job.email_sent.is_not(True),
+        Job.payment_status == "paid",
+        Job.completed_at < now - EMAIL_GRACE,
+    ):
+        if enqueue_email("ready", job_id):
+            report.emails.append(job_id)
+
+    # Failed and paid but not refunded (Stripe was unreachable at the time).
+    for job_id in _ids(
+        Job.status == "failed",
+        Job.payment_status == "paid",
+        Job.refunded_at.is_(None),
+        Job.failed_at < now - QUEUE_GRACE,
+    ):
+        if refund_failed_job(job_id) == "refunded":
+            report.refunds.append(job_id)
+
+    log.info("sweep: %s", report.summary())
+    return report
+
+
+def _settle_checkout(job: Job, report: SweepReport) -> None:
+    if not job.stripe_checkout_session_id:
+        if transition(job.job_id, ["awaiting_payment"], status="abandoned"):
+            record_event(job.job_id, "abandoned", "no Checkout Session was ever created")
+            report.abandoned.append(job.job_id)
+        db.session.commit()
+        return
+    try:
+        session = retrieve_session(job.stripe_checkout_session_id)
+    except (stripe.StripeError, CheckoutUnavailable) as exc:
+        log.warning("job=%s session check failed: %s", job.job_id, type(exc).__name__)
+        return
+    if session.get("payment_status") == "paid":
+        outcome = fulfil_checkout_session(session)
+        db.session.commit()
+        run_after_commit(outcome)
+        if outcome.changed:
+            report.fulfilled.append(job.job_id)
+    elif session.get("status") in ("expired", "complete") or session.get("status") is None:
+        outcome = abandon_checkout_session(session, "session expired (found by the sweeper)")
+        db.session.commit()
+        if outcome.changed:
+            report.abandoned.append(job.job_id)

@@ -1,0 +1,1 @@
+"""Keeping storage and the jobs table tidy: expired files, leftovers, the archive."""

@@ -1,0 +1,50 @@
+"""The Buy button's target: validates the form and sends the buyer to Stripe Checkout."""
+
+from __future__ import annotations
+
+from flask import Blueprint, redirect, request, session
+from flask.typing import ResponseReturnValue
+
+from storefront.extensions import db
+from storefront.jobs.stripe_events import CheckoutUnavailable, create_checkout
+from storefront.models import Attachment
+from storefront.web.errors import render_error
+from storefront.web.forms import CheckoutForm
+from storefront.web.shop import MAX_ID, render_image_page
+
+bp = Blueprint("checkout", __name__)
+
+ORDERS_IN_COOKIE = 20
+
+
+@bp.post("/checkout")
+def start() -> ResponseReturnValue:
+    """Create the job and its Checkout Session, then send the buyer to Stripe (303)."""
+    form = CheckoutForm()
+    raw_id = (form.attachment_id.data or "").strip()
+    valid_id = raw_id.isdigit() and int(raw_id) <= MAX_ID
+    attachment = db.session.get(Attachment, int(raw_id)) if valid_id else None
+    if attachment is None:
+        return render_error(400, "That image isn't in the catalog. Go back and choose another.")
+    if not form.validate():
+        return render_image_page(attachment, form, status=400)
+    try:
+        job, url = create_checkout(
+            attachment,
+            form.resolution.data,
+            form.email.data or "",
+            user_agent=request.headers.get("User-Agent", ""),
+        )
+    except ValueError as exc:
+        form.resolution.errors = [str(exc)]
+        return render_image_page(attachment, form, status=400)
+    except CheckoutUnavailable:
+        return render_error(
+            503,
+            "We couldn't reach our payment provider, so nothing was charged. "
+            "Please try again in a few minutes.",
+        )
+    # The order page trusts this signed cookie, or the session id Stripe adds to the return URL.
+    orders = [job.job_id, *session.get("orders", [])][:ORDERS_IN_COOKIE]
+    session["orders"] = orders
+    return redirect(url, code=303)

@@ -1,0 +1,124 @@
+"""The buyer's order page: what they bought and how far along it is, updated live."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import stripe
+from flask import Blueprint, abort, render_template, request, session
+from flask.typing import ResponseReturnValue
+
+from storefront.extensions import db
+from storefront.jobs.state import get_job
+from storefront.jobs.stripe_events import (
+    CheckoutUnavailable,
+    fulfil_checkout_session,
+    retrieve_session,
+    run_after_commit,
+)
+from storefront.models import Job
+from storefront.web.forms import ResendForm
+
+log = logging.getLogger("smi.orders")
+
+bp = Blueprint("orders", __name__)
+
+# (step label, states in which it is done) in the order a buyer sees them.
+STEPS = (
+    ("Payment received", {"pending", "processing", "completed", "failed"}),
+    ("Upscaling", {"completed", "failed"}),
+    ("Ready: download link emailed", {"completed"}),
+)
+
+
+def _authorised_job(job_id: str) -> Job:
+    """The job, if this browser bought it (cookie) or came back from Stripe with its session id."""
+    job = get_job(job_id)
+    if job is None:
+        abort(404)
+    session_id = request.args.get("session_id", "")
+    owns = job.job_id in session.get("orders", [])
+    came_back = bool(session_id) and session_id == job.stripe_checkout_session_id
+    if not (owns or came_back):
+        # The same answer as for an unknown id: a job id alone reveals nothing.
+        abort(404)
+    if came_back and not owns:
+        session["orders"] = [job.job_id, *session.get("orders", [])][:20]
+    return job
+
+
+def order_state(job: Job) -> dict[str, Any]:
+    """What the order page says about a job; never a download link."""
+    status = job.status or "awaiting_payment"
+    email = job.email or "the address you gave Stripe"
+    messages = {
+        "awaiting_payment": ("Confirming your payment…", "This usually takes a few seconds."),
+        "pending": ("Paid: in the queue", "Your image is waiting for the next free upscaler."),
+        "processing": ("Upscaling your image…", "Large images can take a few minutes."),
+        "completed": (
+            "Ready: check your email",
+            f"We've sent the download link to {email}.",
+        ),
+        "failed": (
+            "We couldn't process your image",
+            "You have been refunded in full; the refund shows on your statement in a few days.",
+        ),
+        "abandoned": (
+            "This checkout was not completed",
+            "Nothing was charged. You can go back to the image and try again.",
+        ),
+    }
+    headline, detail = messages[status]
+    if job.payment_status == "refunded" and status != "failed":
+        headline, detail = "Refunded", "This order was refunded; its download link no longer works."
+    steps = []
+    current_found = False
+    for label, done_in in STEPS:
+        if status in done_in:
+            state = "done"
+        elif status in ("failed", "abandoned"):
+            state = "bad" if not current_found and status == "failed" else "todo"
+            current_found = True
+        elif not current_found:
+            state, current_found = "current", True
+        else:
+            state = "todo"
+        steps.append({"label": label, "state": state})
+    return {
+        "status": status,
+        "payment_status": job.payment_status,
+        "headline": headline,
+        "detail": detail,
+        "steps": steps,
+        "final": status in ("completed", "failed", "abandoned"),
+    }
+
+
+@bp.get("/orders/<job_id>")
+def show(job_id: str) -> ResponseReturnValue:
+    """The order page; fulfils the payment itself if the buyer beat Stripe's webhook here."""
+    job = _authorised_job(job_id)
+    session_id = request.args.get("session_id", "")
+    if job.status == "awaiting_payment" and session_id:
+        try:
+            outcome = fulfil_checkout_session(retrieve_session(session_id))
+            db.session.commit()
+            run_after_commit(outcome)
+            job = get_job(job_id) or job
+        except (stripe.StripeError, CheckoutUnavailable) as exc:
+            # The webhook will do it; the page keeps polling.
+            db.session.rollback()
+            log.warning("job=%s could not check the session: %s", job_id, type(exc).__name__)
+    resend_form = ResendForm(job_id=job.job_id)
+    return render_template(
+        "orders/show.html", job=job, state=order_state(job), resend_form=resend_form
+    )
+
+
+@bp.get("/orders/<job_id>/status")
+def status(job_id: str) -> ResponseReturnValue:
+    """The order's state as JSON, for the page's live updates."""
+    job = _authorised_job(job_id)
+    response = order_state(job)
+    return response, 200, {"Cache-Control": "no-store"}

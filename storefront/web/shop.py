@@ -1,0 +1,87 @@
+"""The catalog pages a buyer browses: posts, images and their prices."""
+
+from __future__ import annotations
+
+from flask import Blueprint, abort, current_app, render_template, request, send_file
+from flask.typing import ResponseReturnValue
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from storefront import funnel
+from storefront.catalog.library import PREVIEW_SIZES, preview_path
+from storefront.catalog.offers import ENGINE_LABELS, image_offers
+from storefront.extensions import db
+from storefront.models import Attachment, Post
+from storefront.web.forms import CheckoutForm
+
+bp = Blueprint("shop", __name__)
+
+# The largest id a BIGINT holds: a longer number in a URL is simply not found.
+MAX_ID = 2**63 - 1
+
+
+@bp.get("/")
+def index() -> ResponseReturnValue:
+    """The catalog: every post with its images."""
+    posts = db.session.scalars(
+        select(Post).options(selectinload(Post.attachments)).order_by(Post.id)
+    ).all()
+    return render_template("shop/index.html", posts=posts)
+
+
+@bp.get("/posts/<slug>")
+def post(slug: str) -> ResponseReturnValue:
+    """One post with its images."""
+    found = db.session.scalar(select(Post).where(Post.slug == slug))
+    if found is None:
+        abort(404)
+    return render_template("shop/post.html", post=found)
+
+
+def render_image_page(
+    attachment: Attachment,
+    form: CheckoutForm | None = None,
+    status: int = 200,
+    cancelled: bool = False,
+) -> ResponseReturnValue:
+    """The image page: preview, offers and the Buy form (with its errors, if any)."""
+    form = form or CheckoutForm(attachment_id=str(attachment.id))
+    all_offers = image_offers(attachment, current_app.config)
+    available = [offer for offer in all_offers if offer.available]
+    if available and form.resolution.data not in {o.quote.resolution for o in available}:
+        form.resolution.data = available[0].quote.resolution
+    return render_template(
+        "shop/image.html",
+        attachment=attachment,
+        offers=all_offers,
+        engine_labels=ENGINE_LABELS,
+        available=available,
+        form=form,
+        currency=current_app.config["CURRENCY"],
+        cancelled=cancelled,
+    ), status
+
+
+@bp.get(f"/images/<int(max={MAX_ID}):attachment_id>")
+def image(attachment_id: int) -> ResponseReturnValue:
+    """One image with each resolution's size and price, and the Buy form."""
+    attachment = db.get_or_404(Attachment, attachment_id)
+    funnel.record(
+        funnel.IMAGE_VIEWED,
+        post_id=attachment.post_id,
+        attachment_id=attachment.id,
+        user_agent=request.headers.get("User-Agent", ""),
+    )
+    db.session.commit()
+    return render_image_page(attachment, cancelled=request.args.get("cancelled") == "1")
+
+
+@bp.get(f"/images/<int(max={MAX_ID}):attachment_id>/preview/<size>.jpg")
+def preview(attachment_id: int, size: str) -> ResponseReturnValue:
+    """A web-sized JPEG of an image (originals are never served here)."""
+    if size not in PREVIEW_SIZES:
+        abort(404)
+    attachment = db.get_or_404(Attachment, attachment_id)
+    path = preview_path(current_app._get_current_object(), attachment, size)  # type: ignore[attr-defined]
+    response = send_file(path, mimetype="image/jpeg", conditional=True, max_age=86400)
+    return response

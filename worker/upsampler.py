@@ -1,0 +1,165 @@
+"""Upscaling through Upsampler.com: submit, then act on its status (asked, never taken on trust)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+from flask import Flask, current_app
+from redis.exceptions import LockError
+
+from storefront.extensions import db
+from storefront.jobs.queueing import enqueue_upsampler_check
+from storefront.jobs.state import get_job, record_event, transition
+from storefront.jobs.upsampler_links import callback_url, original_url
+from storefront.models import Job, utcnow
+from storefront.queues import redis_connection
+from worker.engines import PermanentUpscaleError
+from worker.imaging import image_size
+from worker.upsampler_client import (
+    UpsamplerClient,
+    UpsamplerJob,
+    UpsamplerRequestError,
+    UpsamplerResultRejected,
+    fetch_result,
+)
+from worker.upscaling import _output_path, complete_job, fail_job
+
+log = logging.getLogger("smi.upsampler")
+
+# Growing waits between status checks when no callback comes, in units of UPSAMPLER_POLL_SECONDS
+# (30 s by default: 30 s, 1, 2, 4, then every 5 minutes).
+POLL_STEPS = (1, 2, 4, 8, 10)
+
+
+def poll_delay(attempt: int) -> int:
+    """Seconds to wait before status check number `attempt` (1-based)."""
+    step = POLL_STEPS[min(attempt, len(POLL_STEPS)) - 1]
+    return step * int(current_app.config["UPSAMPLER_POLL_SECONDS"])
+
+
+def _app() -> Flask:
+    return current_app._get_current_object()  # type: ignore[attr-defined]
+
+
+def client(app: Flask) -> UpsamplerClient:
+    """An Upsampler client from the app's settings."""
+    key = app.config.get("UPSAMPLER_API_KEY")
+    if not key:
+        raise PermanentUpscaleError("UPSAMPLER_API_KEY is not set")
+    return UpsamplerClient(key, app.config["UPSAMPLER_API_BASE"])
+
+
+def input_type(job: Job) -> str:
+    """The `inputImageType` Upsampler wants: the shop's setting (realism for photos)."""
+    return str(current_app.config["UPSAMPLER_INPUT_TYPE"])
+
+
+def submit(job: Job) -> str:
+    """Send a claimed job to Upsampler and schedule the polling safety net."""
+    app = _app()
+    with client(app) as api:
+        try:
+            provider_job = api.submit(
+                original_url(app, job.job_id),
+                job.factor,
+                input_type(job),
+                callback_url(app, job.job_id),
+                creativity=int(app.config["UPSAMPLER_CREATIVITY"]),
+                detail=int(app.config["UPSAMPLER_DETAIL"]),
+            )
+        except UpsamplerRequestError as exc:
+            raise PermanentUpscaleError(f"Upsampler refused the job: {exc}") from exc
+    transition(job.job_id, ["processing"], upsampler_job_id=provider_job.id)
+    record_event(job.job_id, "submitted", f"Upsampler job {provider_job.id}")
+    db.session.commit()
+    enqueue_upsampler_check(job.job_id, delay_seconds=poll_delay(1), attempt=1)
+    if provider_job.failed:
+        return check(job.job_id)
+    return "submitted"
+
+
+def check(job_id: str, attempt: int = 0) -> str:
+    """Ask Upsampler how the job is going and act once: collect, fail, or wait and ask again."""
+    app = _app()
+    job = get_job(job_id)
+    if job is None or job.status != "processing" or not job.upsampler_job_id:
+        return "nothing to do"
+    with client(app) as api:
+        provider_job = api.status(job.upsampler_job_id)
+    if provider_job.succeeded:
+        return _collect_once(job, provider_job)
+    if provider_job.failed:
+        fail_job(
+            job_id, f"Upsampler could not upscale it: {provider_job.error or 'no reason given'}"
+        )
+        return "failed"
+    started = job.processing_started_at or utcnow()
+    timeout = dt.timedelta(minutes=int(app.config["UPSAMPLER_TIMEOUT_MINUTES"]))
+    if utcnow() - started > timeout:
+        fail_job(job_id, f"Upsampler did not finish within {timeout.seconds // 60} minutes")
+        return "timed out"
+    if attempt > 0:
+        enqueue_upsampler_check(job_id, delay_seconds=poll_delay(attempt + 1), attempt=attempt + 1)
+    return f"waiting ({provider_job.status})"
+
+
+def _collect_once(job: Job, provider_job: UpsamplerJob) -> str:
+    """Fetch the result under a lock, so a callback and a poll arriving together fetch it once."""
+    lock = redis_connection(_app()).lock(f"smi:collect:{job.job_id}", timeout=900, blocking=False)
+    if not lock.acquire():
+        return "another check is collecting it"
+    try:
+        job = get_job(job.job_id) or job
+        if job.status != "processing":
+            return "already collected"
+        return _collect(job, provider_job)
+    finally:
+        try:
+            lock.release()
+        except LockError:
+            pass
+
+
+def _collect(job: Job, provider_job: UpsamplerJob) -> str:
+    app = _app()
+    assert provider_job.image_url
+    suffix = Path(provider_job.image_url.split("?", 1)[0]).suffix.lower()
+    suffix = suffix if suffix in (".png", ".jpg", ".jpeg", ".webp") else ".png"
+    final = _output_path(job, suffix)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temporary = final.with_name(f".tmp-{uuid.uuid4().hex}{suffix}")
+    try:
+        try:
+            fetch_result(
+                provider_job.image_url,
+                temporary,
+                allowed_hosts=app.config["UPSAMPLER_RESULT_HOSTS"],
+                max_bytes=int(app.config["UPSAMPLER_MAX_RESULT_MB"]) * 1024 * 1024,
+            )
+        except UpsamplerResultRejected as exc:
+            fail_job(job.job_id, f"Upsampler's result was refused: {exc}")
+            return "failed"
+        try:
+            width, height = image_size(temporary)
+        except PermanentUpscaleError:
+            fail_job(job.job_id, "Upsampler's result is not an image")
+            return "failed"
+        expected_w = (job.image_width or 0) * job.factor
+        expected_h = (job.image_height or 0) * job.factor
+        if abs(width - expected_w) > 1 or abs(height - expected_h) > 1:
+            fail_job(
+                job.job_id,
+                f"Upsampler's result is {width}×{height}, expected {expected_w}×{expected_h}",
+            )
+            return "failed"
+        os.replace(temporary, final)
+    finally:
+        temporary.unlink(missing_ok=True)
+    credits = int(provider_job.credit_cost or 0)
+    cost = (Decimal(credits) * app.config["COST_PER_CREDIT"]).quantize(Decimal("0.01"))
+    return complete_job(job, final, credits_used=credits, cost=cost)
