@@ -83,17 +83,13 @@ def requeue_command(job_id: str) -> None:
 @with_appcontext
 def resend_command(job_id: str) -> None:
     """Email the buyer a fresh download link (a new token and expiry; the old link stops)."""
-    from storefront.extensions import db
-    from storefront.jobs.delivery import renew_link
-    from storefront.jobs.queueing import enqueue_email
+    from storefront.jobs.delivery import resend_link
 
     job = _job_or_fail(job_id)
-    if not renew_link(job.job_id, actor="cli"):
+    if not resend_link(job.job_id, actor="cli"):
         raise click.ClickException(
             "only a paid, completed job whose file is still kept can get a fresh link"
         )
-    db.session.commit()
-    enqueue_email("link", job.job_id, unique=False)
     click.echo(f"A fresh link for job {job.job_id} is on its way to {job.email}.")
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£", "cad": "CA$", "aud": "A$", "jpy": "¥"}
 
@@ -27,3 +29,10 @@ def format_bytes(size: int | None) -> str:
             return f"{value:.0f} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
         value /= 1000
     return f"{value:.1f} GB"
+
+
+def local_time(value: dt.datetime | None, zone: str) -> dt.datetime | None:
+    """A stored (naive, UTC) time in the time zone `zone`, for people to read."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=dt.UTC).astimezone(ZoneInfo(zone))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 
+from storefront import transactions
 from storefront.extensions import db
-from storefront.models import FunnelEvent
+from storefront.models import Attachment, FunnelEvent
 
 IMAGE_VIEWED = "image_viewed"
 CHECKOUT_STARTED = "checkout_started"
@@ -37,3 +38,11 @@ def record(
     db.session.add(
         FunnelEvent(kind=kind, post_id=post_id, attachment_id=attachment_id, job_id=job_id)
     )
+
+
+def record_image_view(attachment: Attachment, user_agent: str) -> None:
+    """A person opened an image's page: count it (a robot's visit is not), in its own commit."""
+    if is_bot(user_agent):
+        return
+    record(IMAGE_VIEWED, post_id=attachment.post_id, attachment_id=attachment.id, user_agent=None)
+    transactions.commit()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
+import logging
 import re
-import tempfile
 from pathlib import Path
 
 from flask import Flask
+
+log = logging.getLogger("smi.storage")
 
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -32,14 +33,23 @@ def resolve(app: Flask, relative: str) -> Path:
     return path
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+def remove_stored_file(app: Flask, relative: str) -> int:
+    """Delete a stored file and its folder if that is left empty; the bytes freed."""
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        path = resolve(app, relative)
+    except ValueError:
+        log.error("refusing to delete %r: outside storage", relative)
+        return 0
+    size = path.stat().st_size if path.is_file() else 0
+    path.unlink(missing_ok=True)
+    _remove_empty_parent(path.parent, app)
+    return size
+
+
+def _remove_empty_parent(folder: Path, app: Flask) -> None:
+    deliveries = resolve(app, "deliveries")
+    if folder.parent == deliveries:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass  # not empty, or already gone

@@ -7,21 +7,21 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from devservers.stripe_local import LocalStripe
-from storefront.catalog.offers import engine_for, neural_estimate
+from storefront.jobs.estimates import engine_for, neural_seconds
 from storefront.extensions import db
 from storefront.models import Job
 from tests.factories import make_attachment
 
 
 def test_estimate_grows_with_the_input_and_the_factor() -> None:
-    small, large = neural_estimate(500, 500, 4), neural_estimate(2000, 2000, 4)
+    small, large = neural_seconds(500, 500, 4), neural_seconds(2000, 2000, 4)
     assert 1 < small < large
-    assert neural_estimate(1000, 750, 4) < 30  # about 16 s measured for this case
+    assert neural_seconds(1000, 750, 4) < 30  # about 16 s measured for this case
 
 
 def test_tiers_within_the_guard_use_neural_and_others_the_configured_path(app: Flask) -> None:
     app.config.update(UPSCALER="neural", NEURAL_MAX_MINUTES=1, NEURAL_OVER_LIMIT="local")
-    assert neural_estimate(300, 200, 4) < 60 < neural_estimate(2000, 2000, 4)
+    assert neural_seconds(300, 200, 4) < 60 < neural_seconds(2000, 2000, 4)
     assert engine_for(300, 200, 4, app.config) == "neural"
     assert engine_for(2000, 2000, 4, app.config) == "local"
     app.config["NEURAL_OVER_LIMIT"] = "unavailable"
@@ -33,7 +33,7 @@ def test_tiers_within_the_guard_use_neural_and_others_the_configured_path(app: F
 def test_image_page_says_which_engine_each_tier_uses(app: Flask, client: FlaskClient) -> None:
     app.config.update(UPSCALER="neural", NEURAL_MAX_MINUTES=1, NEURAL_OVER_LIMIT="local")
     attachment = make_attachment(app, width=1800, height=1450)
-    assert neural_estimate(1800, 1450, 4) < 60 < neural_estimate(1800, 1450, 8)
+    assert neural_seconds(1800, 1450, 4) < 60 < neural_seconds(1800, 1450, 8)
     db.session.commit()
     html = client.get(f"/images/{attachment.id}").get_data(as_text=True)
     assert html.count("AI upscaling (neural network") == 1
@@ -45,7 +45,7 @@ def test_tier_over_the_guard_can_be_shown_unavailable_and_is_refused(
 ) -> None:
     app.config.update(UPSCALER="neural", NEURAL_MAX_MINUTES=1, NEURAL_OVER_LIMIT="unavailable")
     attachment = make_attachment(app, width=1800, height=1450)
-    assert neural_estimate(1800, 1450, 4) < 60 < neural_estimate(1800, 1450, 8)
+    assert neural_seconds(1800, 1450, 4) < 60 < neural_seconds(1800, 1450, 8)
     db.session.commit()
     html = client.get(f"/images/{attachment.id}").get_data(as_text=True)
     assert "Too large for AI upscaling here" in html

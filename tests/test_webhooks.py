@@ -227,7 +227,7 @@ def test_refund_through_stripe_is_recorded(live_app: LiveApp, stripe_local: Loca
     job = _checkout(live_app, width=2000, height=2000)  # 1.92
     paid = _pay_and_wait(live_app, stripe_local, job)
     with live_app.app.app_context():
-        from storefront.jobs.stripe_events import stripe_client
+        from storefront.jobs.stripe_api import stripe_client
 
         client = stripe_client(live_app.app)
         client.v1.refunds.create({"payment_intent": paid.stripe_payment_intent_id, "amount": 92})

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pyvips
 
-from worker.engines import PermanentUpscaleError
+from storefront.images import displayed_size, orientation
+from worker.engines.base import PermanentUpscaleError
 
-# EXIF orientations 5 to 8 turn the stored image a quarter turn, so width and height swap.
-_QUARTER_TURN_ORIENTATIONS = frozenset({5, 6, 7, 8})
+__all__ = ["image_size", "orientation", "vips_message"]
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -21,16 +21,7 @@ def image_size(path: Path) -> tuple[int, int]:
         image = pyvips.Image.new_from_file(str(path), revalidate=True)
     except pyvips.Error as exc:
         raise PermanentUpscaleError(f"{path.name} is not an image: {vips_message(exc)}") from exc
-    if orientation(image) in _QUARTER_TURN_ORIENTATIONS:
-        return image.height, image.width
-    return image.width, image.height
-
-
-def orientation(image: pyvips.Image) -> int:
-    """Return the EXIF orientation libvips read for `image`: 1, as stored, when there is none."""
-    if image.get_typeof("orientation") == 0:
-        return 1
-    return int(image.get("orientation"))
+    return displayed_size(image)
 
 
 def vips_message(exc: pyvips.Error) -> str:

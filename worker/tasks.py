@@ -37,14 +37,6 @@ def check_upsampler(job_id: str, attempt: str = "0") -> str:
         return check(job_id, int(attempt))
 
 
-def refund_failed(job_id: str) -> str:
-    """Refund a failed job and tell the buyer."""
-    from worker.upscaling import refund_failed_job
-
-    with task_context():
-        return refund_failed_job(job_id)
-
-
 def sweep() -> str:
     """Run the sweeper once, then schedule its next run."""
     from storefront.jobs.recovery import sweep as run_sweep

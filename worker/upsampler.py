@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import uuid
 from decimal import Decimal
 from pathlib import Path
 
 from flask import Flask, current_app
 from redis.exceptions import LockError
 
-from storefront.extensions import db
+from storefront.jobs.outcomes import complete_job, fail_job, record_submission
 from storefront.jobs.queueing import enqueue_upsampler_check
-from storefront.jobs.state import get_job, record_event, transition
+from storefront.jobs.state import get_job
 from storefront.jobs.upsampler_links import callback_url, original_url
 from storefront.models import Job, utcnow
 from storefront.queues import redis_connection
-from worker.engines import PermanentUpscaleError
-from worker.imaging import image_size
+from worker.engines.base import PermanentUpscaleError
+from worker.output import WrongSize, write_output
 from worker.upsampler_client import (
     UpsamplerClient,
     UpsamplerJob,
@@ -27,7 +25,6 @@ from worker.upsampler_client import (
     UpsamplerResultRejected,
     fetch_result,
 )
-from worker.upscaling import _output_path, complete_job, fail_job
 
 log = logging.getLogger("smi.upsampler")
 
@@ -74,10 +71,7 @@ def submit(job: Job) -> str:
             )
         except UpsamplerRequestError as exc:
             raise PermanentUpscaleError(f"Upsampler refused the job: {exc}") from exc
-    transition(job.job_id, ["processing"], upsampler_job_id=provider_job.id)
-    record_event(job.job_id, "submitted", f"Upsampler job {provider_job.id}")
-    db.session.commit()
-    enqueue_upsampler_check(job.job_id, delay_seconds=poll_delay(1), attempt=1)
+    record_submission(job.job_id, provider_job.id, poll_delay(1))
     if provider_job.failed:
         return check(job.job_id)
     return "submitted"
@@ -126,40 +120,31 @@ def _collect_once(job: Job, provider_job: UpsamplerJob) -> str:
 
 
 def _collect(job: Job, provider_job: UpsamplerJob) -> str:
+    """Fetch the result through the output writer (hosts, size cap, pixel size checked)."""
     app = _app()
     assert provider_job.image_url
     suffix = Path(provider_job.image_url.split("?", 1)[0]).suffix.lower()
     suffix = suffix if suffix in (".png", ".jpg", ".jpeg", ".webp") else ".png"
-    final = _output_path(job, suffix)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    temporary = final.with_name(f".tmp-{uuid.uuid4().hex}{suffix}")
+
+    def fetch(temporary: Path) -> None:
+        fetch_result(
+            provider_job.image_url or "",
+            temporary,
+            allowed_hosts=app.config["UPSAMPLER_RESULT_HOSTS"],
+            max_bytes=int(app.config["UPSAMPLER_MAX_RESULT_MB"]) * 1024 * 1024,
+        )
+
     try:
-        try:
-            fetch_result(
-                provider_job.image_url,
-                temporary,
-                allowed_hosts=app.config["UPSAMPLER_RESULT_HOSTS"],
-                max_bytes=int(app.config["UPSAMPLER_MAX_RESULT_MB"]) * 1024 * 1024,
-            )
-        except UpsamplerResultRejected as exc:
-            fail_job(job.job_id, f"Upsampler's result was refused: {exc}")
-            return "failed"
-        try:
-            width, height = image_size(temporary)
-        except PermanentUpscaleError:
-            fail_job(job.job_id, "Upsampler's result is not an image")
-            return "failed"
-        expected_w = (job.image_width or 0) * job.factor
-        expected_h = (job.image_height or 0) * job.factor
-        if abs(width - expected_w) > 1 or abs(height - expected_h) > 1:
-            fail_job(
-                job.job_id,
-                f"Upsampler's result is {width}×{height}, expected {expected_w}×{expected_h}",
-            )
-            return "failed"
-        os.replace(temporary, final)
-    finally:
-        temporary.unlink(missing_ok=True)
+        final = write_output(job, suffix, fetch, tolerance=1)
+    except UpsamplerResultRejected as exc:
+        fail_job(job.job_id, f"Upsampler's result was refused: {exc}")
+        return "failed"
+    except WrongSize as exc:
+        fail_job(job.job_id, f"Upsampler's result: {exc}")
+        return "failed"
+    except PermanentUpscaleError:
+        fail_job(job.job_id, "Upsampler's result is not an image")
+        return "failed"
     credits = int(provider_job.credit_cost or 0)
     cost = (Decimal(credits) * app.config["COST_PER_CREDIT"]).quantize(Decimal("0.01"))
     return complete_job(job, final, credits_used=credits, cost=cost)

@@ -6,6 +6,7 @@ import logging
 
 from sqlalchemy import select
 
+from storefront import transactions
 from storefront.extensions import db
 from storefront.models import AdminAction
 
@@ -22,6 +23,12 @@ def log_action(
         )
     )
     log.info("admin=%r action=%s target=%s %s", admin, action, target, detail)
+
+
+def record_action(admin: str, action: str, target: str = "", detail: str = "") -> None:
+    """Add an audit row in a transaction of its own (sign-out, say)."""
+    log_action(admin, action, target, detail)
+    transactions.commit()
 
 
 def already_done(request_id: str | None) -> AdminAction | None:

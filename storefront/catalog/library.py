@@ -12,6 +12,7 @@ from flask import Flask
 from sqlalchemy import select
 
 from storefront.extensions import db
+from storefront.images import displayed_size
 from storefront.models import Attachment, Post
 from storefront.storage import resolve, safe_filename, storage_root
 
@@ -82,9 +83,7 @@ def read_image_info(path: Path) -> ImageInfo:
     kind = next((name for name in MIME_TYPES if name in loader), None)
     if kind is None:
         raise ValueError(f"unsupported image type ({loader})")
-    width, height = image.width, image.height
-    if image.get_typeof("orientation") and int(image.get("orientation")) in (5, 6, 7, 8):
-        width, height = height, width
+    width, height = displayed_size(image)
     return ImageInfo(width, height, MIME_TYPES[kind])
 
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from storefront.catalog.pricing import FACTORS, Offer, PriceSettings, offers
+from storefront.jobs.estimates import engine_for, neural_seconds
 from storefront.models import Attachment
 
 ENGINE_LABELS = {
@@ -14,27 +15,6 @@ ENGINE_LABELS = {
     "upsampler": "AI upscaling by Upsampler.com",
     "local": "High-quality Lanczos resampling with sharpening",
 }
-
-
-def engine_for(width: int, height: int, factor: int, config: Mapping[str, Any]) -> str | None:
-    """The engine that upscales this tier, or None when it is not offered on this engine.
-
-    With the neural engine, a tier whose estimated run time is over NEURAL_MAX_MINUTES goes to
-    the local engine, or is not offered, as NEURAL_OVER_LIMIT says.
-    """
-    configured = str(config["UPSCALER"])
-    if configured != "neural":
-        return configured
-    if neural_estimate(width, height, factor) <= int(config["NEURAL_MAX_MINUTES"]) * 60:
-        return "neural"
-    return "local" if config["NEURAL_OVER_LIMIT"] == "local" else None
-
-
-def neural_estimate(width: int, height: int, factor: int) -> float:
-    """Estimated seconds of the neural engine for this tier."""
-    from worker.engines.neural import estimate_seconds
-
-    return estimate_seconds(width, height, factor)
 
 
 def image_offers(attachment: Attachment, config: Mapping[str, Any]) -> list[Offer]:
@@ -49,7 +29,7 @@ def image_offers(attachment: Attachment, config: Mapping[str, Any]) -> list[Offe
     ):
         engine = engine_for(attachment.width, attachment.height, offer.quote.factor, config)
         if engine is None and offer.available:
-            minutes = neural_estimate(attachment.width, attachment.height, offer.quote.factor) / 60
+            minutes = neural_seconds(attachment.width, attachment.height, offer.quote.factor) / 60
             offer = dataclasses.replace(
                 offer,
                 unavailable_reason=(

@@ -9,25 +9,21 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from pathlib import Path
 
 import stripe
-from flask import Flask, current_app
+from flask import current_app
 from sqlalchemy.exc import IntegrityError
 
+from storefront import transactions
 from storefront.accounts.audit import already_done, log_action
-from storefront.extensions import db
-from storefront.jobs.delivery import renew_link
+from storefront.jobs.delivery import file_kept, renew_link
 from storefront.jobs.queueing import enqueue_email, enqueue_processing
+from storefront.jobs.refunds import RefundFailed, refund_job, remaining_refundable
 from storefront.jobs.state import get_job, record_event, transition
-from storefront.jobs.stripe_events import (
-    CheckoutUnavailable,
-    RefundFailed,
-    refund_job,
-    stripe_client,
-)
+from storefront.jobs.stripe_api import CheckoutUnavailable, expire_session
 from storefront.models import Job, utcnow
-from storefront.storage import resolve
+from storefront.storage import remove_stored_file
+from storefront.transactions import AfterCommit
 
 log = logging.getLogger("smi.admin")
 
@@ -48,24 +44,6 @@ class Action:
     explanation: str
     danger: bool
     why_not: Callable[[Job, dt.datetime], str | None]
-
-
-def _app() -> Flask:
-    return current_app._get_current_object()  # type: ignore[attr-defined]
-
-
-def remaining_refundable(job: Job) -> Decimal:
-    """What a refund may still return."""
-    return (job.amount_charged or Decimal(0)) - (job.refund_amount or Decimal(0))
-
-
-def _file_kept(job: Job) -> bool:
-    if not job.upscaled_file_path:
-        return False
-    try:
-        return resolve(_app(), job.upscaled_file_path).is_file()
-    except ValueError:
-        return False
 
 
 def _state(job: Job) -> str:
@@ -93,7 +71,7 @@ def _why_not_resend(job: Job, now: dt.datetime) -> str | None:
         return (
             f"Only a completed, paid, undisputed job can get a fresh download link; {_state(job)}."
         )
-    if not _file_kept(job):
+    if not file_kept(job):
         return "The delivered file is no longer kept, so there is nothing to send."
     return None
 
@@ -207,16 +185,17 @@ def _load(job_id: str, action: str) -> Job:
 
 
 def _changed_meanwhile() -> ActionRefused:
-    db.session.rollback()
+    transactions.rollback()
     return ActionRefused("The job changed meanwhile; nothing was done. Look at it again.")
 
 
-def _commit(request_id: str | None) -> None:
+def _commit(*after: AfterCommit) -> None:
+    """Commit the action with its audit line, then run `after`; AlreadyDone for a twin form."""
     try:
-        db.session.commit()
+        transactions.commit(*after)
     except IntegrityError as exc:
         # The same form, submitted twice at once: the other submission did it.
-        db.session.rollback()
+        transactions.rollback()
         raise AlreadyDone() from exc
 
 
@@ -263,8 +242,7 @@ def retry(job_id: str, admin: str, request_id: str | None = None) -> str:
         raise _changed_meanwhile()
     record_event(job.job_id, "admin_retry", "put back on the upscale queue", actor=admin)
     log_action(admin, "retry", job.job_id, "", request_id)
-    _commit(request_id)
-    enqueue_processing(job.job_id)
+    _commit(lambda: enqueue_processing(job.job_id))
     return "The job is back on the upscale queue."
 
 
@@ -285,13 +263,13 @@ def refund(
     try:
         total = refund_job(job, amount=amount, reason=reason, idempotency_key=key, actor=admin)
     except RefundFailed as exc:
-        db.session.rollback()
+        transactions.rollback()
         raise ActionRefused(f"Stripe did not make the refund: {exc}") from exc
     note = f"{refunded} {job.currency} ({reason[:200]})"
     # Who asked, in the timeline; the "refunded" total is noted once, by this or the webhook.
     record_event(job.job_id, "admin_refund", note, actor=admin)
     log_action(admin, "refund", job.job_id, note, request_id)
-    _commit(request_id)
+    _commit()
     return f"Refunded {refunded} {job.currency.upper()} (total refunded: {total})."
 
 
@@ -302,8 +280,7 @@ def resend(job_id: str, admin: str, request_id: str | None = None) -> str:
     if not renew_link(job.job_id, actor=admin):
         raise _changed_meanwhile()
     log_action(admin, "resend", job.job_id, f"to {job.email}", request_id)
-    _commit(request_id)
-    enqueue_email("link", job.job_id, unique=False)
+    _commit(lambda: enqueue_email("link", job.job_id, unique=False))
     return f"A fresh link is on its way to {job.email}; the old one no longer works."
 
 
@@ -326,7 +303,7 @@ def extend(job_id: str, hours: int, admin: str, request_id: str | None = None) -
     note = f"by {hours} hours, to {new_expiry:%Y-%m-%d %H:%M} UTC"
     record_event(job.job_id, "admin_extend", note, actor=admin)
     log_action(admin, "extend", job.job_id, note, request_id)
-    _commit(request_id)
+    _commit()
     return f"The link now works until {new_expiry:%Y-%m-%d %H:%M} UTC."
 
 
@@ -345,7 +322,7 @@ def revoke(job_id: str, admin: str, request_id: str | None = None) -> str:
         raise _changed_meanwhile()
     record_event(job.job_id, "admin_revoke", "the download link no longer works", actor=admin)
     log_action(admin, "revoke", job.job_id, "", request_id)
-    _commit(request_id)
+    _commit()
     return "The download link no longer works."
 
 
@@ -357,11 +334,11 @@ def abandon(job_id: str, admin: str, request_id: str | None = None) -> str:
         raise _changed_meanwhile()
     record_event(job.job_id, "abandoned", "marked abandoned by an admin", actor=admin)
     log_action(admin, "abandon", job.job_id, "", request_id)
-    _commit(request_id)
+    _commit()
     note = ""
     if job.stripe_checkout_session_id:
         try:
-            stripe_client(_app()).v1.checkout.sessions.expire(job.stripe_checkout_session_id)
+            expire_session(job.stripe_checkout_session_id)
         except (stripe.StripeError, CheckoutUnavailable) as exc:
             # A payment that still comes is fulfilled anyway (abandoned jobs may be paid).
             note = f" Stripe's session could not be expired ({type(exc).__name__})."
@@ -386,32 +363,10 @@ def delete_file(job_id: str, admin: str, request_id: str | None = None) -> str:
         raise _changed_meanwhile()
     record_event(job.job_id, "admin_delete_file", relative, actor=admin)
     log_action(admin, "delete_file", job.job_id, relative, request_id)
-    _commit(request_id)
+    _commit()
     # Only once the row no longer points at the file is the file removed.
-    remove_stored_file(_app(), relative)
+    remove_stored_file(current_app, relative)
     return "The delivered file is deleted."
-
-
-def remove_stored_file(app: Flask, relative: str) -> int:
-    """Delete a stored file and its folder if that is left empty; the bytes freed."""
-    try:
-        path = resolve(app, relative)
-    except ValueError:
-        log.error("refusing to delete %r: outside storage", relative)
-        return 0
-    size = path.stat().st_size if path.is_file() else 0
-    path.unlink(missing_ok=True)
-    _remove_empty_parent(path.parent, app)
-    return size
-
-
-def _remove_empty_parent(folder: Path, app: Flask) -> None:
-    deliveries = resolve(app, "deliveries")
-    if folder.parent == deliveries:
-        try:
-            folder.rmdir()
-        except OSError:
-            pass  # not empty, or already gone
 
 
 def run(action: str, job_id: str, admin: str, request_id: str | None, **fields: str) -> str:

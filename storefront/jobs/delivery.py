@@ -10,12 +10,14 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from flask import current_app
+from flask import Flask, current_app
 from sqlalchemy import ColumnElement, select, update
 
+from storefront import transactions
 from storefront.extensions import db
+from storefront.jobs.queueing import enqueue_email
 from storefront.jobs.state import record_event, transition
-from storefront.models import Job, utcnow
+from storefront.models import DownloadLog, Job, utcnow
 from storefront.storage import resolve
 
 TOKEN_PATTERN = re.compile(r"[0-9a-f]{64}")
@@ -32,27 +34,66 @@ def new_token() -> tuple[str, str]:
     return token, token_digest(token)
 
 
-def _deliverable() -> list[ColumnElement[bool]]:
-    """Conditions under which a completed job's file may be handed out."""
+# The one rule of a deliverable job: completed, paid (not refunded in full), not disputed, with its
+# file recorded. `deliverable_where` says it in SQL, `is_deliverable` of a loaded row; `file_kept`
+# adds that the file is still in storage.
+def deliverable_where() -> list[ColumnElement[bool]]:
+    """The deliverable rule as conditions of a conditional UPDATE or a query."""
     return [
+        Job.status == "completed",
         Job.payment_status == "paid",
         Job.disputed_at.is_(None),
         Job.upscaled_file_path.is_not(None),
     ]
 
 
+def is_deliverable(job: Job) -> bool:
+    """The deliverable rule, of a loaded job."""
+    return (
+        job.status == "completed"
+        and job.payment_status == "paid"
+        and job.disputed_at is None
+        and bool(job.upscaled_file_path)
+    )
+
+
+def file_kept(job: Job) -> bool:
+    """Whether the job's delivered file is still in storage."""
+    if not job.upscaled_file_path:
+        return False
+    try:
+        return resolve(_app(), job.upscaled_file_path).is_file()
+    except ValueError:
+        return False
+
+
+def delivered_name(job: Job, suffix: str) -> str:
+    """The delivered file's telling name: `<post-slug>-<attachment-id>-4x.jpg`."""
+    slug = job.post.slug if job.post else "image"
+    return f"{slug}-{job.attachment_id}-{job.resolution}{suffix}"
+
+
+def delivery_path(job: Job, suffix: str) -> str:
+    """Where, under storage, the job's delivered file lives."""
+    return f"deliveries/{job.job_id}/{delivered_name(job, suffix)}"
+
+
+def download_filename(job: Job) -> str:
+    """The name the buyer's browser saves the file under."""
+    return delivered_name(job, Path(job.upscaled_file_path or "").suffix.lower())
+
+
+def _app() -> Flask:
+    return current_app._get_current_object()  # type: ignore[attr-defined]
+
+
 def issue_download_token(job_id: str) -> str | None:
     """Give a completed job a new token (the old one stops working); None if it can't have one.
 
-    The caller commits, then puts the returned token in the email and nowhere else.
+    Part of the caller's transaction; the token goes in the email and nowhere else.
     """
     token, digest = new_token()
-    changed = transition(
-        job_id,
-        ["completed"],
-        where=_deliverable(),
-        download_token=digest,
-    )
+    changed = transition(job_id, ["completed"], where=deliverable_where(), download_token=digest)
     return token if changed else None
 
 
@@ -86,7 +127,7 @@ class Link:
     def file_path(self) -> Path:
         """The absolute path of the delivered file."""
         assert self.job is not None and self.job.upscaled_file_path
-        return resolve(current_app._get_current_object(), self.job.upscaled_file_path)  # type: ignore[attr-defined]
+        return resolve(_app(), self.job.upscaled_file_path)
 
 
 def find_link(token: str) -> Link:
@@ -114,7 +155,7 @@ def find_link(token: str) -> Link:
 
 
 def count_download(job_id: str) -> bool:
-    """Count one download if the link has any left: one conditional UPDATE. The caller commits."""
+    """Count one download if the link has any left: one conditional UPDATE, caller's transaction."""
     limit = int(current_app.config["DOWNLOAD_MAX_COUNT"])
     result = db.session.execute(
         update(Job)
@@ -128,14 +169,14 @@ def count_download(job_id: str) -> bool:
 def renew_link(job_id: str, actor: str = "buyer") -> bool:
     """Start a fresh link period: the old token stops working now, a new one goes by email.
 
-    Only for a paid, completed, undisputed job whose file is still kept. The caller commits,
-    then queues the "link" email, which issues the new token.
+    Only for a deliverable job. Part of the caller's transaction; after it, the "link" email
+    issues the new token.
     """
     hours = int(current_app.config["DOWNLOAD_EXPIRY_HOURS"])
     changed = transition(
         job_id,
         ["completed"],
-        where=_deliverable(),
+        where=deliverable_where(),
         download_token=None,
         download_expires_at=utcnow() + dt.timedelta(hours=hours),
         download_count=0,
@@ -146,7 +187,7 @@ def renew_link(job_id: str, actor: str = "buyer") -> bool:
 
 
 def find_resendable_job(email: str, job_id: str) -> Job | None:
-    """The completed job with this id and email whose file is still kept, if any."""
+    """The deliverable job with this id and email whose file is still kept, if any."""
     job = db.session.scalar(
         select(Job).where(
             Job.job_id == job_id.strip(),
@@ -154,10 +195,62 @@ def find_resendable_job(email: str, job_id: str) -> Job | None:
             Job.email != "",
         )
     )
-    if job is None or job.status != "completed" or not job.upscaled_file_path:
-        return None
-    if job.payment_status != "paid" or job.disputed_at is not None:
-        return None
-    if not resolve(current_app._get_current_object(), job.upscaled_file_path).is_file():  # type: ignore[attr-defined]
+    if job is None or not is_deliverable(job) or not file_kept(job):
         return None
     return job
+
+
+def send_fresh_link(email: str, job_id: str) -> bool:
+    """A buyer asked for a fresh link: renew it and queue the email if the order matches."""
+    job = find_resendable_job(email, job_id)
+    if job is None or not renew_link(job.job_id):
+        transactions.rollback()
+        return False
+    transactions.commit(lambda: enqueue_email("link", job.job_id, unique=False))
+    return True
+
+
+def resend_link(job_id: str, actor: str) -> bool:
+    """Renew a deliverable job's link and queue its email (the owner asked); False if it can't."""
+    if not renew_link(job_id, actor=actor):
+        transactions.rollback()
+        return False
+    transactions.commit(lambda: enqueue_email("link", job_id, unique=False))
+    return True
+
+
+@dataclass(frozen=True)
+class DownloadRequest:
+    """What the download log keeps of one request for a file."""
+
+    ip: str
+    user_agent: str
+    range_header: str
+
+
+def record_download(
+    job_id: str, request: DownloadRequest, *, bytes_sent: int, starts_download: bool
+) -> tuple[bool, bool]:
+    """Log one request for the file, counting it when it starts a download; commits.
+
+    Returns (allowed, counted): not allowed when it would start a download past the link's limit,
+    and then nothing is recorded.
+    """
+    counted = False
+    if starts_download:
+        counted = count_download(job_id)
+        if not counted:
+            transactions.rollback()
+            return False, False
+    db.session.add(
+        DownloadLog(
+            job_id=job_id,
+            ip=request.ip,
+            user_agent=request.user_agent[:500],
+            range_header=request.range_header[:100],
+            bytes_sent=bytes_sent,
+            counted=counted,
+        )
+    )
+    transactions.commit()
+    return True, counted

@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from flask import current_app, render_template
 from flask_mail import Message
 
+from storefront import transactions
 from storefront.extensions import mail
+from storefront.formatting import local_time
+from storefront.jobs.delivery import issue_download_token
+from storefront.jobs.state import get_job, record_event, transition
 from storefront.models import Job
 
 log = logging.getLogger("smi.mail")
@@ -37,14 +40,6 @@ KINDS = {
 }
 
 
-def local_time(value: Any) -> Any:
-    """A stored UTC time in the shop's display time zone."""
-    if value is None:
-        return None
-    zone = ZoneInfo(current_app.config["DISPLAY_TIMEZONE"])
-    return value.replace(tzinfo=ZoneInfo("UTC")).astimezone(zone)
-
-
 def build_message(kind: str, job: Job, **context: Any) -> Message:
     """The email of `kind` about `job`, addressed to the buyer (or the admin for alerts)."""
     spec = KINDS[kind]
@@ -60,7 +55,7 @@ def build_message(kind: str, job: Job, **context: Any) -> Message:
         "order_url": f"{base}/orders/{job.job_id}",
         "output_width": (job.image_width or 0) * job.factor,
         "output_height": (job.image_height or 0) * job.factor,
-        "expires": local_time(job.download_expires_at),
+        "expires": local_time(job.download_expires_at, current_app.config["DISPLAY_TIMEZONE"]),
         "title": (job.attachment.title if job.attachment else "") or "your image",
         **context,
     }
@@ -79,10 +74,6 @@ def send(message: Message) -> None:
 
 def deliver(kind: str, job_id: str) -> str:
     """Send one of a job's emails; SMTP errors propagate so RQ retries this email alone."""
-    from storefront.extensions import db
-    from storefront.jobs.delivery import issue_download_token
-    from storefront.jobs.state import get_job, record_event, transition
-
     job = get_job(job_id)
     if job is None:
         return "unknown job"
@@ -93,16 +84,16 @@ def deliver(kind: str, job_id: str) -> str:
         # The token exists in clear only here and in the message; the database keeps its digest.
         token = issue_download_token(job_id)
         if token is None:
-            db.session.rollback()
+            transactions.rollback()
             return f"not deliverable ({job.status}/{job.payment_status})"
-        db.session.commit()
+        transactions.commit()
         context["download_url"] = f"{current_app.config['PUBLIC_BASE_URL']}/download/{token}"
         job = get_job(job_id)
         assert job is not None
     spec = KINDS[kind]
     if not spec.to_admin and not job.email:
         record_event(job_id, f"email_{kind}_skipped", "no email address for this order")
-        db.session.commit()
+        transactions.commit()
         return "no address"
     if spec.to_admin and not current_app.config.get("ADMIN_EMAIL"):
         return "no admin address"
@@ -111,6 +102,6 @@ def deliver(kind: str, job_id: str) -> str:
         transition(job_id, ["completed"], email_sent=True)
     recipient = "admin" if spec.to_admin else "buyer"
     record_event(job_id, f"email_{kind}", f"sent to the {recipient}")
-    db.session.commit()
+    transactions.commit()
     log.info("job=%s email=%s sent", job_id, kind)
     return "sent"

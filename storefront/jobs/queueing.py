@@ -1,4 +1,4 @@
-"""What happens once a job is paid: queue its upscale and its emails, each exactly once."""
+"""Queueing a job's work on RQ: deterministic ids, explicit timeouts and retries, each once."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job as RQJob
 from rq.job import JobStatus
 
+from storefront.jobs.estimates import engine_for, neural_seconds
+from storefront.jobs.state import get_job
 from storefront.queues import DEFAULT_QUEUE, UPSCALE_QUEUE, get_queue
 
 log = logging.getLogger("smi.fulfilment")
@@ -63,16 +65,13 @@ def _enqueue_once(
 
 def processing_timeout(job_id: str) -> int:
     """Seconds an upscale may run: the setting, or three times the neural engine's estimate."""
-    from storefront.catalog.offers import engine_for, neural_estimate
-    from storefront.jobs.state import get_job
-
     config = current_app.config
     timeout = int(config["PROCESSING_TIMEOUT_MINUTES"]) * 60
     job = get_job(job_id)
     if job is None or not job.image_width or not job.image_height:
         return timeout
     if engine_for(job.image_width, job.image_height, job.factor, config) == "neural":
-        estimate = neural_estimate(job.image_width, job.image_height, job.factor)
+        estimate = neural_seconds(job.image_width, job.image_height, job.factor)
         timeout = max(timeout, int(3 * estimate))
     return timeout
 

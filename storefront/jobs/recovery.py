@@ -10,23 +10,20 @@ import stripe
 from flask import current_app
 from sqlalchemy import ColumnElement, select
 
+from storefront import transactions
 from storefront.extensions import db
+from storefront.jobs.outcomes import fail_job
 from storefront.jobs.queueing import (
     enqueue_email,
     enqueue_processing,
     enqueue_upsampler_check,
     processing_timeout,
 )
+from storefront.jobs.refunds import refund_failed_job
 from storefront.jobs.state import record_event, transition
-from storefront.jobs.stripe_events import (
-    CheckoutUnavailable,
-    abandon_checkout_session,
-    fulfil_checkout_session,
-    retrieve_session,
-    run_after_commit,
-)
+from storefront.jobs.stripe_api import CheckoutUnavailable, retrieve_session
+from storefront.jobs.stripe_events import settle_session
 from storefront.models import Job, utcnow
-from worker.upscaling import fail_job, refund_failed_job
 
 log = logging.getLogger("smi.sweeper")
 
@@ -60,51 +57,63 @@ def _ids(*conditions: ColumnElement[bool]) -> list[str]:
 def sweep(now: dt.datetime | None = None) -> SweepReport:
     """One pass over every kind of stuck job."""
     now = now or utcnow()
-    config = current_app.config
     report = SweepReport()
+    _queue_unqueued(now, report)
+    _recover_dead_workers(now, report)
+    _settle_expired_checkouts(now, report)
+    _resend_missing_emails(now, report)
+    _retry_refunds(now, report)
+    log.info("sweep: %s", report.summary())
+    return report
 
-    # Paid while Redis was down, or its RQ record was lost: queue it.
+
+def _queue_unqueued(now: dt.datetime, report: SweepReport) -> None:
+    """Paid while Redis was down, or its RQ record was lost: queue it."""
     for job_id in _ids(
         Job.status == "pending", Job.payment_status == "paid", Job.paid_at < now - QUEUE_GRACE
     ):
         if enqueue_processing(job_id):
             report.queued.append(job_id)
 
-    # Its worker died mid-job: requeue a bounded number of times, then fail and refund.
-    timeout = dt.timedelta(minutes=int(config["PROCESSING_TIMEOUT_MINUTES"]))
-    max_attempts = int(config["PROCESSING_MAX_ATTEMPTS"])
-    for job in db.session.scalars(
+
+def _recover_dead_workers(now: dt.datetime, report: SweepReport) -> None:
+    """Its worker died mid-job: requeue a bounded number of times, then fail and refund."""
+    timeout = dt.timedelta(minutes=int(current_app.config["PROCESSING_TIMEOUT_MINUTES"]))
+    max_attempts = int(current_app.config["PROCESSING_MAX_ATTEMPTS"])
+    stale = db.session.scalars(
         select(Job).where(
             Job.status == "processing", Job.processing_started_at < now - timeout - STALE_GRACE
         )
-    ).all():
+    ).all()
+    for job in stale:
+        started = job.processing_started_at
         own_timeout = dt.timedelta(seconds=processing_timeout(job.job_id))
-        if (
-            job.processing_started_at
-            and job.processing_started_at > now - own_timeout - STALE_GRACE
-        ):
+        if started and started > now - own_timeout - STALE_GRACE:
             continue  # a long neural upscale still within its own time
         if job.upsampler_job_id:
             # Upsampler has it: a fresh status check fails and refunds it if it timed out.
             enqueue_upsampler_check(job.job_id)
-            continue
-        if job.attempts >= max_attempts:
+        elif job.attempts >= max_attempts:
             if fail_job(job.job_id, f"The upscale did not finish in {job.attempts} attempts"):
                 report.failed.append(job.job_id)
-            continue
-        if transition(
-            job.job_id,
-            ["processing"],
-            where=[Job.processing_started_at == job.processing_started_at],
-            status="pending",
-        ):
-            record_event(job.job_id, "requeued", "the worker stopped answering; trying again")
-            db.session.commit()
-            enqueue_processing(job.job_id, replace_live=True)
+        elif _requeue(job.job_id, started):
             report.requeued.append(job.job_id)
 
-    # A checkout past its expiry: ask Stripe whether it was paid after all.
-    expiry = dt.timedelta(minutes=int(config["CHECKOUT_EXPIRY_MINUTES"]))
+
+def _requeue(job_id: str, started: dt.datetime | None) -> bool:
+    """Give a dead worker's job back to the queue, unless it moved on meanwhile."""
+    if not transition(
+        job_id, ["processing"], where=[Job.processing_started_at == started], status="pending"
+    ):
+        return False
+    record_event(job_id, "requeued", "the worker stopped answering; trying again")
+    transactions.commit(lambda: enqueue_processing(job_id, replace_live=True))
+    return True
+
+
+def _settle_expired_checkouts(now: dt.datetime, report: SweepReport) -> None:
+    """A checkout past its expiry: ask Stripe whether it was paid after all."""
+    expiry = dt.timedelta(minutes=int(current_app.config["CHECKOUT_EXPIRY_MINUTES"]))
     for job in db.session.scalars(
         select(Job).where(
             Job.status == "awaiting_payment",
@@ -119,7 +128,9 @@ def sweep(now: dt.datetime | None = None) -> SweepReport:
     ).all():
         _settle_checkout(job, report)
 
-    # Completed, but the ready email never went out.
+
+def _resend_missing_emails(now: dt.datetime, report: SweepReport) -> None:
+    """Completed, but the ready email never went out."""
     for job_id in _ids(
         Job.status == "completed",
         Job.email_sent.is_not(True),
@@ -129,7 +140,9 @@ def sweep(now: dt.datetime | None = None) -> SweepReport:
         if enqueue_email("ready", job_id):
             report.emails.append(job_id)
 
-    # Failed and paid but not refunded (Stripe was unreachable at the time).
+
+def _retry_refunds(now: dt.datetime, report: SweepReport) -> None:
+    """Failed and paid but not refunded (Stripe was unreachable at the time)."""
     for job_id in _ids(
         Job.status == "failed",
         Job.payment_status == "paid",
@@ -139,30 +152,20 @@ def sweep(now: dt.datetime | None = None) -> SweepReport:
         if refund_failed_job(job_id) == "refunded":
             report.refunds.append(job_id)
 
-    log.info("sweep: %s", report.summary())
-    return report
-
 
 def _settle_checkout(job: Job, report: SweepReport) -> None:
     if not job.stripe_checkout_session_id:
         if transition(job.job_id, ["awaiting_payment"], status="abandoned"):
             record_event(job.job_id, "abandoned", "no Checkout Session was ever created")
             report.abandoned.append(job.job_id)
-        db.session.commit()
+        transactions.commit()
         return
     try:
         session = retrieve_session(job.stripe_checkout_session_id)
     except (stripe.StripeError, CheckoutUnavailable) as exc:
         log.warning("job=%s session check failed: %s", job.job_id, type(exc).__name__)
         return
-    if session.get("payment_status") == "paid":
-        outcome = fulfil_checkout_session(session)
-        db.session.commit()
-        run_after_commit(outcome)
-        if outcome.changed:
-            report.fulfilled.append(job.job_id)
-    elif session.get("status") in ("expired", "complete") or session.get("status") is None:
-        outcome = abandon_checkout_session(session, "session expired (found by the sweeper)")
-        db.session.commit()
-        if outcome.changed:
-            report.abandoned.append(job.job_id)
+    outcome = settle_session(session, "session expired (found by the sweeper)")
+    if outcome.changed:
+        paid = session.get("payment_status") == "paid"
+        (report.fulfilled if paid else report.abandoned).append(job.job_id)

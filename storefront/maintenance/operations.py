@@ -24,14 +24,14 @@ from typing import Any
 from flask import Flask, current_app
 from sqlalchemy import ColumnElement, and_, delete, or_, select, update
 
+from storefront import transactions
 from storefront.accounts.audit import log_action
 from storefront.extensions import db
-from storefront.jobs.actions import remove_stored_file
 from storefront.jobs.state import record_event
 from storefront.models import DownloadLog, Job, JobEvent, utcnow
 from storefront.reports.dashboard import DayRevenue, revenue_by_day
 from storefront.reports.job_list import csv_value
-from storefront.storage import resolve, storage_root
+from storefront.storage import remove_stored_file, resolve, storage_root
 
 log = logging.getLogger("smi.maintenance")
 
@@ -161,7 +161,7 @@ def cleanup_expired_files(
                 to_delete.append(relative)
                 report.note(job_id)
         if not dry_run:
-            db.session.commit()
+            transactions.commit()
             for relative in to_delete:
                 report.bytes += remove_stored_file(app, relative)
                 report.add("files")
@@ -208,7 +208,7 @@ def remove_leftovers(*, dry_run: bool, now: dt.datetime | None = None) -> Report
             .execution_options(synchronize_session=False)
         ).rowcount:  # type: ignore[attr-defined]
             record_event(job_id, "file_removed", f"failed job: {relative}", "maintenance")
-            db.session.commit()
+            transactions.commit()
             report.bytes += remove_stored_file(app, relative)
             report.add("failed job files")
 
@@ -415,7 +415,7 @@ def archive_jobs(
         log_action(
             actor, "archive", str(export_path), f"{deleted} jobs older than {older_than_days} days"
         )
-        db.session.commit()
+        transactions.commit()
     except Exception:
         db.session.rollback()
         raise
@@ -457,7 +457,7 @@ def run_scheduled(*, dry_run: bool = False, now: dt.datetime | None = None) -> l
         )
     if not dry_run:
         log_action("scheduler", "maintenance", "", "; ".join(r.summary() for r in reports))
-        db.session.commit()
+        transactions.commit()
     return reports
 
 
@@ -469,3 +469,50 @@ def revenue_report(days: int, now: dt.datetime | None = None) -> list[DayRevenue
     since = dt.datetime.combine(today - dt.timedelta(days=days - 1), dt.time())
     until = dt.datetime.combine(today + dt.timedelta(days=1), dt.time())
     return revenue_by_day(since, until)
+
+
+@dataclass(frozen=True)
+class ArchiveOptions:
+    """What the admin chose for an archive: age in days, abandoned checkouts, export format."""
+
+    older_than_days: int
+    include_abandoned: bool = False
+    kind: str = "jsonl"
+
+
+OPERATION_NAMES = ("cleanup", "leftovers", "archive")
+
+
+def run_operation(
+    operation: str,
+    *,
+    dry_run: bool,
+    admin: str,
+    request_id: str | None = None,
+    archive: ArchiveOptions | None = None,
+) -> Report:
+    """Run one operation of the maintenance page; a real run is in the audit log, a dry run
+    changes nothing. MaintenanceError (nothing changed) when it cannot be done."""
+    try:
+        if operation == "cleanup":
+            report = cleanup_expired_files(dry_run=dry_run)
+        elif operation == "leftovers":
+            report = remove_leftovers(dry_run=dry_run)
+        else:
+            options = archive or ArchiveOptions(int(current_app.config["ARCHIVE_AFTER_DAYS"]))
+            report = archive_jobs(
+                older_than_days=options.older_than_days,
+                export_path=None if dry_run else default_archive_path(_app(), kind=options.kind),
+                include_abandoned=options.include_abandoned,
+                dry_run=dry_run,
+                actor=admin,
+            )
+    except MaintenanceError:
+        transactions.rollback()
+        raise
+    if dry_run:
+        transactions.rollback()
+    else:
+        log_action(admin, f"maintenance_{operation}", "", report.summary(), request_id)
+        transactions.commit()
+    return report

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, redirect, request, session
+from flask import Blueprint, redirect, request
 from flask.typing import ResponseReturnValue
 
 from storefront.extensions import db
-from storefront.jobs.stripe_events import CheckoutUnavailable, create_checkout
+from storefront.jobs.checkout import create_checkout
+from storefront.jobs.stripe_api import CheckoutUnavailable
 from storefront.models import Attachment
 from storefront.web.errors import render_error
 from storefront.web.forms import CheckoutForm
+from storefront.web.orders import remember_order
 from storefront.web.shop import MAX_ID, render_image_page
 
 bp = Blueprint("checkout", __name__)
-
-ORDERS_IN_COOKIE = 20
 
 
 @bp.post("/checkout")
@@ -44,7 +44,5 @@ def start() -> ResponseReturnValue:
             "We couldn't reach our payment provider, so nothing was charged. "
             "Please try again in a few minutes.",
         )
-    # The order page trusts this signed cookie, or the session id Stripe adds to the return URL.
-    orders = [job.job_id, *session.get("orders", [])][:ORDERS_IN_COOKIE]
-    session["orders"] = orders
+    remember_order(job.job_id)
     return redirect(url, code=303)

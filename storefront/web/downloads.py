@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from zoneinfo import ZoneInfo
 
 from flask import Blueprint, Response, current_app, render_template, request, send_file
 from flask.typing import ResponseReturnValue
 from redis.exceptions import RedisError
 
-from storefront.extensions import db
+from storefront.formatting import local_time
 from storefront.jobs.delivery import (
+    DownloadRequest,
     Link,
     LinkState,
-    count_download,
+    download_filename,
     find_link,
-    find_resendable_job,
-    renew_link,
+    record_download,
+    send_fresh_link,
 )
-from storefront.jobs.queueing import enqueue_email
-from storefront.models import DownloadLog, Job
 from storefront.queues import redis_connection
 from storefront.web.forms import ResendForm
 
@@ -39,18 +37,10 @@ STATUS_OF = {
 }
 
 
-def download_filename(job: Job) -> str:
-    """A telling name: `<post-slug>-<attachment-id>-4x.jpg`."""
-    suffix = (job.upscaled_file_path or "").rsplit(".", 1)[-1].lower()
-    slug = job.post.slug if job.post else "image"
-    return f"{slug}-{job.attachment_id}-{job.resolution}.{suffix}"
-
-
 def _render_link(link: Link, status: int | None = None) -> ResponseReturnValue:
-    zone = ZoneInfo(current_app.config["DISPLAY_TIMEZONE"])
     expires = None
-    if link.job is not None and link.job.download_expires_at is not None:
-        expires = link.job.download_expires_at.replace(tzinfo=ZoneInfo("UTC")).astimezone(zone)
+    if link.job is not None:
+        expires = local_time(link.job.download_expires_at, current_app.config["DISPLAY_TIMEZONE"])
     form = ResendForm(job_id=link.job.job_id if link.job else "")
     body = render_template(
         "downloads/landing.html", link=link, state=link.state.value, expires=expires, form=form
@@ -101,24 +91,19 @@ def file(token: str) -> ResponseReturnValue:
         or response.headers.get("Content-Range", "").startswith("bytes 0-")
     )
     # A resumed download (a range past byte 0) continues one already counted.
-    counted = False
-    if starts_download and request.method == "GET":
-        counted = count_download(job.job_id)
-        if not counted:
-            response.close()
-            db.session.rollback()
-            return _render_link(Link(LinkState.LIMIT_REACHED, job))
-    db.session.add(
-        DownloadLog(
-            job_id=job.job_id,
+    allowed, counted = record_download(
+        job.job_id,
+        DownloadRequest(
             ip=request.remote_addr or "",
-            user_agent=(request.headers.get("User-Agent") or "")[:500],
-            range_header=range_header[:100],
-            bytes_sent=int(response.headers.get("Content-Length") or 0),
-            counted=counted,
-        )
+            user_agent=request.headers.get("User-Agent") or "",
+            range_header=range_header,
+        ),
+        bytes_sent=int(response.headers.get("Content-Length") or 0),
+        starts_download=starts_download and request.method == "GET",
     )
-    db.session.commit()
+    if not allowed:
+        response.close()
+        return _render_link(Link(LinkState.LIMIT_REACHED, job))
     response.headers["Cache-Control"] = "no-store"
     response.headers["Referrer-Policy"] = "no-referrer"
     log.info("job=%s download status=%s counted=%s", job.job_id, response.status_code, counted)
@@ -170,8 +155,5 @@ def resend() -> ResponseReturnValue:
     if _rate_limited(form.email.data):
         body = render_template("downloads/resend.html", form=form, sent=False, limited=True)
         return body, 429
-    job = find_resendable_job(form.email.data, form.job_id.data)
-    if job is not None and renew_link(job.job_id):
-        db.session.commit()
-        enqueue_email("link", job.job_id, unique=False)
+    send_fresh_link(form.email.data, form.job_id.data)
     return render_template("downloads/resend.html", form=form, sent=True)

@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-import stripe
 from flask import Blueprint, abort, render_template, request, session
 from flask.typing import ResponseReturnValue
 
-from storefront.extensions import db
 from storefront.jobs.state import get_job
-from storefront.jobs.stripe_events import (
-    CheckoutUnavailable,
-    fulfil_checkout_session,
-    retrieve_session,
-    run_after_commit,
-)
+from storefront.jobs.stripe_events import confirm_return
 from storefront.models import Job
 from storefront.web.forms import ResendForm
 
-log = logging.getLogger("smi.orders")
-
 bp = Blueprint("orders", __name__)
+
+# The newest orders a browser's signed cookie remembers.
+ORDERS_IN_COOKIE = 20
 
 # (step label, states in which it is done) in the order a buyer sees them.
 STEPS = (
@@ -30,6 +23,11 @@ STEPS = (
     ("Upscaling", {"completed", "failed"}),
     ("Ready: download link emailed", {"completed"}),
 )
+
+
+def remember_order(job_id: str) -> None:
+    """Let this browser open the order page: the signed session cookie lists its orders."""
+    session["orders"] = [job_id, *session.get("orders", [])][:ORDERS_IN_COOKIE]
 
 
 def _authorised_job(job_id: str) -> Job:
@@ -44,7 +42,7 @@ def _authorised_job(job_id: str) -> Job:
         # The same answer as for an unknown id: a job id alone reveals nothing.
         abort(404)
     if came_back and not owns:
-        session["orders"] = [job.job_id, *session.get("orders", [])][:20]
+        remember_order(job.job_id)
     return job
 
 
@@ -99,17 +97,7 @@ def order_state(job: Job) -> dict[str, Any]:
 def show(job_id: str) -> ResponseReturnValue:
     """The order page; fulfils the payment itself if the buyer beat Stripe's webhook here."""
     job = _authorised_job(job_id)
-    session_id = request.args.get("session_id", "")
-    if job.status == "awaiting_payment" and session_id:
-        try:
-            outcome = fulfil_checkout_session(retrieve_session(session_id))
-            db.session.commit()
-            run_after_commit(outcome)
-            job = get_job(job_id) or job
-        except (stripe.StripeError, CheckoutUnavailable) as exc:
-            # The webhook will do it; the page keeps polling.
-            db.session.rollback()
-            log.warning("job=%s could not check the session: %s", job_id, type(exc).__name__)
+    job = confirm_return(job, request.args.get("session_id", ""))
     resend_form = ResendForm(job_id=job.job_id)
     return render_template(
         "orders/show.html", job=job, state=order_state(job), resend_form=resend_form

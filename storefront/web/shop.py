@@ -66,13 +66,7 @@ def render_image_page(
 def image(attachment_id: int) -> ResponseReturnValue:
     """One image with each resolution's size and price, and the Buy form."""
     attachment = db.get_or_404(Attachment, attachment_id)
-    funnel.record(
-        funnel.IMAGE_VIEWED,
-        post_id=attachment.post_id,
-        attachment_id=attachment.id,
-        user_agent=request.headers.get("User-Agent", ""),
-    )
-    db.session.commit()
+    funnel.record_image_view(attachment, request.headers.get("User-Agent", ""))
     return render_image_page(attachment, cancelled=request.args.get("cancelled") == "1")
 
 

@@ -10,7 +10,7 @@ from flask import Blueprint, abort, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy.exc import SQLAlchemyError
 
-from storefront.extensions import csrf, db
+from storefront.extensions import csrf
 from storefront.jobs.queueing import enqueue_upsampler_check
 from storefront.jobs.state import get_job
 from storefront.jobs.stripe_events import handle_event
@@ -46,7 +46,6 @@ def stripe_webhook() -> ResponseReturnValue:
     try:
         outcome = handle_event(event)
     except SQLAlchemyError:
-        db.session.rollback()
         log.exception("stripe_event=%s could not be stored; Stripe will retry", event.get("id"))
         return jsonify(error="temporarily unavailable"), 503
     return jsonify(received=True, result=outcome.note)

@@ -3,41 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from decimal import Decimal
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from worker.engines.base import (
+    Engine,
+    PermanentUpscaleError,
+    TransientUpscaleError,
+    UpscaleError,
+    UpscaleResult,
+)
 
-class UpscaleError(Exception):
-    """An engine could not produce the output."""
-
-
-class TransientUpscaleError(UpscaleError):
-    """A failure that a later attempt may mend (a timeout, a storage or network hiccup)."""
-
-
-class PermanentUpscaleError(UpscaleError):
-    """A failure no retry can mend (the original is missing or does not decode, a wrong size)."""
-
-
-@dataclass(frozen=True)
-class UpscaleResult:
-    """What an engine made: the output's pixel size and, when the engine knows it, its cost."""
-
-    width: int
-    height: int
-    credits_used: int | None = None
-    cost: Decimal | None = None
-
-
-class Engine(Protocol):
-    """Writes `output`, an upscaled copy of `source` by `factor`, in the source's format."""
-
-    name: str
-
-    def upscale(self, source: Path, factor: int, output: Path) -> UpscaleResult: ...
-
+__all__ = [
+    "ENGINE_NAMES",
+    "Engine",
+    "PermanentUpscaleError",
+    "TransientUpscaleError",
+    "UpscaleError",
+    "UpscaleResult",
+    "get_engine",
+]
 
 ENGINE_NAMES = ("local", "neural", "upsampler")
 

@@ -29,7 +29,9 @@ from typing import Any
 import numpy as np
 import pyvips
 
-from worker.engines import PermanentUpscaleError, TransientUpscaleError, UpscaleResult
+from storefront.jobs.estimates import NEURAL_PASSES
+from storefront.jobs.estimates import neural_seconds as estimate_seconds
+from worker.engines.base import PermanentUpscaleError, TransientUpscaleError, UpscaleResult
 from worker.imaging import vips_message
 
 log = logging.getLogger(__name__)
@@ -63,13 +65,6 @@ DEFAULT_TILE_SIZE = 192
 # Blur radius that carries visible colour into transparent pixels: past the network's 7-pixel reach.
 BLEED_SIGMA = 4.0
 
-# Seconds per megapixel fed to one 2x pass, tiles, margins and file I/O included: 4x of a 1000x750
-# JPEG (3.75 MP of pass input) took 15.0-15.8 s and 4x of 2142x1868 took 80-83 s, with 2 ncnn
-# threads on the otherwise idle 2-core development Xeon (AVX-512). One thread is about 1.7 times
-# slower. When other work shares the cores, ncnn's threads wait for each other: 2-4x slower.
-NET_SECONDS_PER_MEGAPIXEL = 4.0
-# Seconds per output megapixel for the final resample and encoding (PNG, the slower format).
-SAVE_SECONDS_PER_MEGAPIXEL = 0.06
 # Largest inputs the shop offers on this engine, in megapixels, by factor: what the memory figure
 # above was measured for.
 MAX_INPUT_MEGAPIXELS: dict[int, float] = {4: 4.0, 8: 1.5}
@@ -99,20 +94,9 @@ class _Plan:
 #   local engine      25.11 dB  0.680  0.0 s
 #   (a) three passes  25.91 dB  0.716  0.6 s   +0.80 dB over local, 1.4 dB/s
 #   (b) two + resize  25.96 dB  0.717  0.2 s   +0.86 dB over local, 4.1 dB/s
-PLANS: dict[int, _Plan] = {2: _Plan(1, 1), 4: _Plan(2, 1), 8: _Plan(2, 2)}
-
-
-def estimate_seconds(width: int, height: int, factor: int) -> float:
-    """Seconds the neural engine is expected to take for a `width` x `height` input at `factor`."""
-    plan = _plan_for(factor)
-    megapixels = width * height / 1_000_000
-    pass_megapixels = megapixels * sum(4**i for i in range(plan.passes))
-    output_megapixels = megapixels * factor * factor
-    return (
-        1.0
-        + NET_SECONDS_PER_MEGAPIXEL * pass_megapixels
-        + SAVE_SECONDS_PER_MEGAPIXEL * output_megapixels
-    )
+PLANS: dict[int, _Plan] = {
+    factor: _Plan(passes, factor // 2**passes) for factor, passes in NEURAL_PASSES.items()
+}
 
 
 def neural_model_status(model_dir: Path | None = None) -> tuple[bool, str]:

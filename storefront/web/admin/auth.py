@@ -8,8 +8,7 @@ from flask import flash, redirect, render_template, request, session, url_for
 from flask.typing import ResponseReturnValue
 
 from storefront.accounts.admins import SignIn, session_key, sign_in
-from storefront.accounts.audit import log_action
-from storefront.extensions import db
+from storefront.accounts.audit import record_action
 from storefront.web.admin.base import bp, current_admin, safe_next
 from storefront.web.admin.forms import LoginForm
 
@@ -44,8 +43,7 @@ def logout() -> ResponseReturnValue:
     """End the admin's session."""
     admin = current_admin()
     if admin is not None:
-        log_action(admin.name, "signed_out", admin.email)
-        db.session.commit()
+        record_action(admin.name, "signed_out", admin.email)
     session.clear()
     flash("You are signed out.", "success")
     return redirect(url_for("admin.login"), 303)

@@ -16,8 +16,7 @@ from flask import (
 )
 from flask.typing import ResponseReturnValue
 
-from storefront.accounts.audit import already_done, log_action
-from storefront.extensions import db
+from storefront.accounts.audit import already_done
 from storefront.maintenance import operations as ops
 from storefront.web.admin.base import admin_name, bp, new_request_id
 
@@ -63,19 +62,14 @@ def _archive_options() -> tuple[int, bool, str, list[str]]:
     return days, include_abandoned, kind, errors
 
 
-def _run(operation: str, dry_run: bool) -> ops.Report:
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    if operation == "cleanup":
-        return ops.cleanup_expired_files(dry_run=dry_run)
-    if operation == "leftovers":
-        return ops.remove_leftovers(dry_run=dry_run)
+def _run(operation: str, dry_run: bool, request_id: str | None = None) -> ops.Report:
     days, include_abandoned, kind, _ = _archive_options()
-    return ops.archive_jobs(
-        older_than_days=days,
-        export_path=None if dry_run else ops.default_archive_path(app, kind=kind),
-        include_abandoned=include_abandoned,
+    return ops.run_operation(
+        operation,
         dry_run=dry_run,
-        actor=admin_name(),
+        admin=admin_name(),
+        request_id=request_id,
+        archive=ops.ArchiveOptions(days, include_abandoned, kind),
     )
 
 
@@ -102,7 +96,6 @@ def maintenance_preview(operation: str) -> ResponseReturnValue:
         abort(404)
     days, include_abandoned, kind, errors = _archive_options()
     report = _run(operation, dry_run=True)
-    db.session.rollback()
     return render_template(
         "admin/maintenance_preview.html",
         operation=operation,
@@ -131,13 +124,10 @@ def maintenance_run(operation: str) -> ResponseReturnValue:
         flash(" ".join(errors), "error")
         return redirect(url_for("admin.maintenance_preview", operation=operation), 303)
     try:
-        report = _run(operation, dry_run=False)
+        report = _run(operation, dry_run=False, request_id=request_id)
     except ops.MaintenanceError as exc:
-        db.session.rollback()
         flash(f"{OPERATIONS[operation][0]}: {exc}", "error")
         return redirect(url_for("admin.maintenance"), 303)
-    log_action(admin_name(), f"maintenance_{operation}", "", report.summary(), request_id)
-    db.session.commit()
     flash(report.summary(), "success")
     return redirect(url_for("admin.maintenance"), 303)
 

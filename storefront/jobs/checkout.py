@@ -1,0 +1,132 @@
+"""The Buy button's service: price the order, create the job, and open its Checkout Session."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import stripe
+from flask import current_app
+
+from storefront import funnel, transactions
+from storefront.catalog.offers import offer_for
+from storefront.catalog.pricing import Quote, to_minor_units
+from storefront.extensions import db
+from storefront.jobs.state import record_event, transition
+from storefront.jobs.stripe_api import CheckoutUnavailable, stripe_client
+from storefront.models import Attachment, Job, utcnow
+
+log = logging.getLogger("smi.checkout")
+
+
+def create_checkout(
+    attachment: Attachment, resolution: str, email: str, *, user_agent: str | None
+) -> tuple[Job, str]:
+    """Create the job and its Checkout Session; return the job and the URL to send the buyer to.
+
+    The caller has validated the form; the price is computed here, never taken from it.
+    ValueError when the tier is not offered; CheckoutUnavailable (and the job closed) when Stripe
+    cannot start the session.
+    """
+    config = current_app.config
+    offer = offer_for(attachment, resolution, config)
+    if not offer.available:
+        raise ValueError(offer.unavailable_reason)
+    job = _new_job(attachment, resolution, email, offer.quote, config["CURRENCY"])
+    funnel.record(
+        funnel.CHECKOUT_STARTED,
+        post_id=attachment.post_id,
+        attachment_id=attachment.id,
+        job_id=job.job_id,
+        user_agent=user_agent,
+    )
+    record_event(job.job_id, "created", f"{resolution} for {offer.quote.price} {job.currency}")
+    transactions.commit()
+
+    expires_at = utcnow() + dt.timedelta(minutes=int(config["CHECKOUT_EXPIRY_MINUTES"]))
+    params = _session_params(job, attachment, offer.quote, expires_at)
+    try:
+        session = stripe_client().v1.checkout.sessions.create(
+            params,  # type: ignore[arg-type]
+            {"idempotency_key": f"checkout-{job.job_id}"},
+        )
+    except (stripe.StripeError, CheckoutUnavailable) as exc:
+        _close_unstarted(job.job_id, type(exc).__name__)
+        raise CheckoutUnavailable(str(exc)) from exc
+    job.stripe_checkout_session_id = session.id
+    job.checkout_expires_at = expires_at
+    transactions.commit()
+    log.info("job=%s checkout session=%s created", job.job_id, session.id)
+    return job, str(session.url)
+
+
+def _new_job(
+    attachment: Attachment, resolution: str, email: str, quote: Quote, currency: str
+) -> Job:
+    job = Job(
+        job_id=str(uuid.uuid4()),
+        post_id=attachment.post_id,
+        attachment_id=attachment.id,
+        image_url=f"{current_app.config['PUBLIC_BASE_URL']}/images/{attachment.id}",
+        image_width=attachment.width,
+        image_height=attachment.height,
+        resolution=resolution,
+        email=email,
+        status="awaiting_payment",
+        payment_status="pending",
+        amount_charged=quote.price,
+        amount_cost=quote.cost.quantize(Decimal("0.01")),
+        credits_used=quote.credits,
+        currency=currency,
+    )
+    db.session.add(job)
+    return job
+
+
+def _session_params(
+    job: Job, attachment: Attachment, quote: Quote, expires_at: dt.datetime
+) -> dict[str, Any]:
+    """What Stripe is asked for: one line item at the server's price, the job's id everywhere."""
+    base = current_app.config["PUBLIC_BASE_URL"]
+    title = attachment.title or attachment.original_filename
+    params: dict[str, Any] = {
+        "mode": "payment",
+        "line_items": [
+            {
+                "quantity": 1,
+                "price_data": {
+                    "currency": job.currency,
+                    "unit_amount": to_minor_units(quote.price, job.currency),
+                    "product_data": {
+                        "name": f"{title}: {job.resolution} upscale, "
+                        f"{quote.output_width} × {quote.output_height} px",
+                    },
+                },
+            }
+        ],
+        "client_reference_id": job.job_id,
+        "metadata": {"job_id": job.job_id},
+        "payment_intent_data": {"metadata": {"job_id": job.job_id}},
+        "success_url": f"{base}/orders/{job.job_id}?session_id={{CHECKOUT_SESSION_ID}}",
+        "cancel_url": f"{base}/images/{attachment.id}?cancelled=1",
+        "expires_at": int(expires_at.replace(tzinfo=dt.UTC).timestamp()),
+    }
+    if job.email:
+        params["customer_email"] = job.email
+    return params
+
+
+def _close_unstarted(job_id: str, reason: str) -> None:
+    """No payment can come for this job: close it now rather than leave it waiting."""
+    transition(
+        job_id,
+        ["awaiting_payment"],
+        status="abandoned",
+        error_message=f"Checkout could not start: {reason}",
+    )
+    record_event(job_id, "checkout_failed", reason)
+    transactions.commit()
+    log.warning("job=%s checkout session failed: %s", job_id, reason)

@@ -1,0 +1,121 @@
+"""How an upscale ends: claimed by a worker, given back for a retry, completed once, or failed and
+refunded. Each is one conditional UPDATE, committed here, with its after-commit work queued.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from decimal import Decimal
+from pathlib import Path
+
+from flask import current_app
+
+from storefront import transactions
+from storefront.jobs.delivery import new_token
+from storefront.jobs.queueing import enqueue_email, enqueue_upsampler_check
+from storefront.jobs.refunds import refund_failed_job
+from storefront.jobs.state import record_event, transition
+from storefront.models import Job, utcnow
+from storefront.storage import storage_root
+
+log = logging.getLogger("smi.worker")
+
+
+def claim_job(job: Job) -> bool:
+    """Take a paid, pending job for this worker (pending → processing); False if another did."""
+    claimed = transition(
+        job.job_id,
+        ["pending"],
+        where=[Job.payment_status == "paid"],
+        status="processing",
+        processing_started_at=utcnow(),
+        attempts=Job.attempts + 1,
+    )
+    if claimed:
+        record_event(job.job_id, "processing", f"attempt {job.attempts + 1}")
+    transactions.commit()
+    return claimed
+
+
+def note_engine(job_id: str, engine: str) -> None:
+    """Say in the job's timeline which engine upscales it."""
+    record_event(job_id, "engine", engine)
+    transactions.commit()
+
+
+def give_back(job_id: str, error: Exception) -> None:
+    """An attempt failed in a way a retry may mend: the job waits for RQ's next attempt."""
+    transactions.rollback()
+    transition(job_id, ["processing"], status="pending", error_message=str(error)[:1000])
+    record_event(job_id, "attempt_failed", f"{type(error).__name__}: {error}"[:1000])
+    transactions.commit()
+
+
+def record_submission(job_id: str, provider_job_id: str, first_check_in: int) -> None:
+    """Upsampler took the job: keep its id, and schedule the first status check."""
+    transition(job_id, ["processing"], upsampler_job_id=provider_job_id)
+    record_event(job_id, "submitted", f"Upsampler job {provider_job_id}")
+    transactions.commit(
+        lambda: enqueue_upsampler_check(job_id, delay_seconds=first_check_in, attempt=1)
+    )
+
+
+def complete_job(
+    job: Job, output: Path, *, credits_used: int = 0, cost: Decimal = Decimal("0.00")
+) -> str:
+    """Record the delivered file and its token in one transaction, then queue the email.
+
+    A job refunded (or taken over) meanwhile is not completed, and the file is deleted.
+    """
+    relative = output.relative_to(storage_root(current_app)).as_posix()
+    size = output.stat().st_size
+    _token, digest = new_token()  # replaced by the email task, which shows its own token once
+    hours = int(current_app.config["DOWNLOAD_EXPIRY_HOURS"])
+    completed = transition(
+        job.job_id,
+        ["processing"],
+        where=[Job.payment_status == "paid"],
+        status="completed",
+        upscaled_file_path=relative,
+        upscaled_file_size=size,
+        credits_used=credits_used,
+        amount_cost=cost,
+        download_token=digest,
+        download_expires_at=utcnow() + dt.timedelta(hours=hours),
+        download_count=0,
+        completed_at=utcnow(),
+        error_message=None,
+    )
+    if not completed:
+        transactions.rollback()
+        output.unlink(missing_ok=True)
+        log.warning("job=%s was no longer processing and paid; output discarded", job.job_id)
+        return "discarded"
+    record_event(job.job_id, "completed", f"{output.name}, {size} bytes")
+    over_cost = job.amount_charged is not None and cost > job.amount_charged
+    transactions.commit(
+        lambda: enqueue_email("ready", job.job_id),
+        *([lambda: enqueue_email("cost_alert", job.job_id)] if over_cost else []),
+    )
+    log.info("job=%s completed", job.job_id)
+    return "completed"
+
+
+def fail_job(job_id: str, reason: str) -> bool:
+    """Fail a job for good: keep the error, refund the buyer in full, tell them and the admin."""
+    transactions.rollback()
+    failed = transition(
+        job_id,
+        ["pending", "processing"],
+        status="failed",
+        failed_at=utcnow(),
+        error_message=reason[:2000],
+    )
+    if failed:
+        record_event(job_id, "failed", reason[:2000])
+    transactions.commit()
+    if failed:
+        log.error("job=%s failed: %s", job_id, reason)
+        refund_failed_job(job_id)
+    return failed
