@@ -20,6 +20,7 @@ from flask import Flask
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from storefront import transactions
 from storefront.accounts.audit import log_action
 from storefront.config import SETTINGS, ConfigError, Setting, _bool, _parse
 from storefront.extensions import db
@@ -254,7 +255,7 @@ def apply_setting_overrides(app: Flask, *, force: bool = False) -> bool:
         ).one()
     except SQLAlchemyError:
         # Not migrated yet: the environment's values stand.
-        db.session.rollback()
+        transactions.rollback()
         if not cache.warned:
             log.warning("app_settings is not readable; using the environment's settings")
             cache.warned = True
@@ -384,6 +385,6 @@ def update_settings(
             row.value, row.updated_at, row.updated_by = text, now, admin
         changed.append(name)
         log_action(admin, "setting_changed", name, f"{serialise(before)} → {text}")
-    db.session.commit()
+    transactions.commit()
     apply_setting_overrides(app, force=True)
     return {}, changed

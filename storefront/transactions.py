@@ -6,11 +6,15 @@ from importing this module.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
 from storefront.extensions import db
 
 AfterCommit = Callable[[], object]
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def commit(*after: AfterCommit) -> None:
@@ -27,3 +31,17 @@ def commit(*after: AfterCommit) -> None:
 def rollback() -> None:
     """Forget what the session holds uncommitted."""
     db.session.rollback()
+
+
+def atomic(service: Callable[P, R]) -> Callable[P, R]:
+    """Roll the session back when `service` raises, so a refused change leaves nothing half-done."""
+
+    @functools.wraps(service)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return service(*args, **kwargs)
+        except BaseException:
+            rollback()
+            raise
+
+    return run

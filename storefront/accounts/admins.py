@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from storefront import transactions
 from storefront.accounts.audit import log_action
 from storefront.extensions import db
 from storefront.models import AdminUser, SignInThrottle, utcnow
@@ -65,7 +66,7 @@ def create_admin(email: str, password: str, name: str = "", *, reset: bool = Fal
     user.password_hash = hash_password(password)
     user.is_active = True
     log_action("cli", "admin_password_set" if reset else "admin_created", email)
-    db.session.commit()
+    transactions.commit()
     return user
 
 
@@ -86,16 +87,16 @@ def ensure_first_admin(app: Flask) -> bool:
             )
         )
         log_action("system", "admin_created", normalise_email(email), "from ADMIN_EMAIL")
-        db.session.commit()
+        transactions.commit()
     except AccountError as exc:
         log.error("ADMIN_PASSWORD is not used: %s", exc)
         return False
     except IntegrityError:
         # Another process created it at the same moment.
-        db.session.rollback()
+        transactions.rollback()
         return False
     except SQLAlchemyError:
-        db.session.rollback()
+        transactions.rollback()
         log.warning("admin_users is not readable yet; run `flask db upgrade`")
         return False
     log.info("first admin account created for %s", normalise_email(email))
@@ -254,7 +255,7 @@ def sign_in(
                 db.session.delete(rows[key])
         user.last_login_at = now
         log_action(user.name, "signed_in", user.email, f"from {address}")
-        db.session.commit()
+        transactions.commit()
         return SignInResult(SignIn.OK, user)
     locked = False
     for key, key_policy in policies.items():
@@ -265,14 +266,14 @@ def sign_in(
         _record_failure(row, key_policy, now)
         locked = locked or row.locked_until is not None
     try:
-        db.session.commit()
+        transactions.commit()
     except IntegrityError:
         # A parallel attempt created the row first; its count stands.
-        db.session.rollback()
+        transactions.rollback()
     log.warning("admin sign-in failed from %s", address)
     if locked:
         log_action("system", "sign_in_locked", normalise_email(email)[:255], f"from {address}")
-        db.session.commit()
+        transactions.commit()
         return SignInResult(SignIn.LOCKED, wait_seconds=policy.lock_minutes * 60)
     return SignInResult(SignIn.WRONG)
 

@@ -12,6 +12,7 @@ from typing import IO
 from flask import Flask
 from sqlalchemy import select, update
 
+from storefront import transactions
 from storefront.accounts.audit import log_action
 from storefront.catalog.library import PREVIEW_SIZES, add_image, read_image_info, slugify
 from storefront.extensions import db
@@ -44,6 +45,7 @@ def _clean_slug(slug: str, title: str) -> str:
     return slug
 
 
+@transactions.atomic
 def save_post(post: Post | None, title: str, slug: str, body: str, admin: str) -> Post:
     """Create a post (or change one); the slug must be unused. Commits."""
     title = title.strip()
@@ -61,7 +63,7 @@ def save_post(post: Post | None, title: str, slug: str, body: str, admin: str) -
         post.slug, post.title, post.body = slug, title, body
     db.session.flush()
     log_action(admin, "post_created" if created else "post_changed", f"post:{post.id}", title)
-    db.session.commit()
+    transactions.commit()
     return post
 
 
@@ -75,6 +77,7 @@ def _unique_name(app: Flask, post: Post, filename: str) -> str:
     return candidate
 
 
+@transactions.atomic
 def upload_image(
     app: Flask,
     post: Post,
@@ -134,12 +137,13 @@ def upload_image(
             f"image:{attachment.id}",
             f"{attachment.file_path}, {info.width}×{info.height}",
         )
-        db.session.commit()
+        transactions.commit()
         return attachment
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@transactions.atomic
 def update_image(
     attachment: Attachment, *, title: str, alt_text: str, for_sale: bool, admin: str
 ) -> None:
@@ -155,7 +159,7 @@ def update_image(
         for_sale,
     )
     log_action(admin, "image_changed", f"image:{attachment.id}", ", ".join(changes))
-    db.session.commit()
+    transactions.commit()
 
 
 def removal_blocker(attachment: Attachment) -> str | None:
@@ -180,6 +184,7 @@ def removal_blocker(attachment: Attachment) -> str | None:
     return None
 
 
+@transactions.atomic
 def remove_image(app: Flask, attachment: Attachment, admin: str) -> None:
     """Remove an image no paid job needs: its row, original and previews. Commits.
 
@@ -197,7 +202,7 @@ def remove_image(app: Flask, attachment: Attachment, admin: str) -> None:
     )
     db.session.delete(attachment)
     log_action(admin, "image_removed", f"image:{image_id}", relative)
-    db.session.commit()
+    transactions.commit()
     for path in [resolve(app, relative)] + [
         storage_root(app) / "previews" / size / f"{image_id}.jpg" for size in PREVIEW_SIZES
     ]:

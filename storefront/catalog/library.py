@@ -11,6 +11,7 @@ import pyvips
 from flask import Flask
 from sqlalchemy import select
 
+from storefront import transactions
 from storefront.extensions import db
 from storefront.images import displayed_size
 from storefront.models import Attachment, Post
@@ -123,7 +124,7 @@ def seed_demo(app: Flask) -> int:
                 app, post, DEMO_DIR / image.filename, title=image.title, alt_text=image.alt_text
             )
             added += 1
-    db.session.commit()
+    transactions.commit()
     return added
 
 

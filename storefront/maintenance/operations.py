@@ -389,7 +389,7 @@ def archive_jobs(
     try:
         written = _write_export(export_path, kind, batches())
     except OSError as exc:
-        db.session.rollback()
+        transactions.rollback()
         raise MaintenanceError(
             f"the export could not be written ({exc}); nothing was deleted"
         ) from exc
@@ -417,7 +417,7 @@ def archive_jobs(
         )
         transactions.commit()
     except Exception:
-        db.session.rollback()
+        transactions.rollback()
         raise
     report.counts["jobs"] = deleted
     report.counts["exported"] = written

@@ -75,7 +75,6 @@ def post_edit(post_id: int) -> ResponseReturnValue:
                 admin_name(),
             )
         except CatalogError as exc:
-            db.session.rollback()
             return _render_post(post, form, UploadForm(formdata=None), str(exc), 400)
         flash("Post saved.", "success")
         return redirect(url_for("admin.post_edit", post_id=post.id), 303)
@@ -121,7 +120,6 @@ def _upload(post: Post) -> ResponseReturnValue:
             admin=admin_name(),
         )
     except CatalogError as exc:
-        db.session.rollback()
         return _render_post(post, PostForm(obj=post, formdata=None), upload, str(exc), 400)
     flash(
         f"Image added: {attachment.width} × {attachment.height} px, "
@@ -158,7 +156,6 @@ def image_edit(attachment_id: int) -> ResponseReturnValue:
                 admin=admin_name(),
             )
         except CatalogError as exc:
-            db.session.rollback()
             error = str(exc)
         else:
             flash("Image saved.", "success")
@@ -185,7 +182,6 @@ def image_remove(attachment_id: int) -> ResponseReturnValue:
     try:
         remove_image(current_app._get_current_object(), attachment, admin_name())  # type: ignore[attr-defined]
     except CatalogError as exc:
-        db.session.rollback()
         return render_template(
             "admin/image_form.html",
             attachment=attachment,

@@ -42,7 +42,6 @@ def settings_save() -> ResponseReturnValue:
     reset = {name for name in request.form.getlist("reset") if name in EDITABLE_BY_NAME}
     errors, changed = update_settings(app, raw, admin_name(), reset)
     if errors:
-        db.session.rollback()
         return render_template(
             "admin/settings.html", groups=_grouped(setting_rows(app, raw)), errors=errors
         ), 400
