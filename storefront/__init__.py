@@ -8,25 +8,29 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dotenv import load_dotenv
 from flask import Flask
 from sqlalchemy import event
 
-from storefront.config import load_settings
+from storefront.config import PROJECT_ROOT, environment, load_settings
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+__all__ = ["PROJECT_ROOT", "create_app"]
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the app: settings, extensions, blueprints, error handlers, CLI and logging."""
+    """Build the app: settings, extensions, blueprints, error handlers, CLI and logging.
+
+    With no `config`, the environment (and `.env`) configures it, as in production, for `flask`
+    commands and for workers. With a mapping, only the mapping and the defaults do: a test app
+    never reads a developer's `.env`.
+    """
     app = Flask(
         __name__,
         instance_path=str(PROJECT_ROOT / "instance"),
         template_folder=str(PROJECT_ROOT / "templates"),
         static_folder=str(PROJECT_ROOT / "static"),
     )
-    load_dotenv(PROJECT_ROOT / ".env")
-    app.config.update(load_settings(app.instance_path, config))
+    environ = environment() if config is None else {}
+    app.config.update(load_settings(app.instance_path, config, environ))
     _configure_logging(app)
     _init_extensions(app)
     _register_blueprints(app)
@@ -109,7 +113,10 @@ def _register_cli(app: Flask) -> None:
 
 
 def _register_template_filters(app: Flask) -> None:
+    from storefront import settings
     from storefront.formatting import format_bytes, format_money
 
     app.add_template_filter(format_money, "money")
     app.add_template_filter(format_bytes, "filesize")
+    # Templates read settings in force (with the admin's saved values) as `settings`.
+    app.context_processor(lambda: {"settings": settings.current()})

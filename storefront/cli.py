@@ -32,16 +32,7 @@ def seed_demo_command() -> None:
         click.echo("The catalog already has content; nothing to do.")
 
 
-def _with_saved_settings() -> None:
-    """Apply the settings saved in the admin area, as web requests and tasks do."""
-    from storefront.settings_editor import apply_setting_overrides
-
-    apply_setting_overrides(current_app._get_current_object())  # type: ignore[attr-defined]
-
-
 def _job_or_fail(job_id: str) -> Job:
-    _with_saved_settings()
-
     job = get_job(job_id)
     if job is None:
         raise click.ClickException(f"no job {job_id}")
@@ -54,7 +45,6 @@ def sweep_command() -> None:
     """Put stuck jobs back on their way (the scheduler also runs this every few minutes)."""
     from storefront.jobs.recovery import sweep
 
-    _with_saved_settings()
     report = sweep()
     click.echo(f"Sweep done: {report.summary()}.")
 
@@ -136,7 +126,6 @@ def _echo_report(report: ops.Report) -> None:
 @with_appcontext
 def cleanup_command(dry_run: bool, grace_hours: int | None) -> None:
     """Remove expired download files, failed jobs' leftovers and old temporary files."""
-    _with_saved_settings()
     _echo_report(ops.cleanup_expired_files(dry_run=dry_run, grace_hours=grace_hours))
     _echo_report(ops.remove_leftovers(dry_run=dry_run))
 
@@ -192,7 +181,6 @@ def archive_command(
 @with_appcontext
 def maintenance_command(dry_run: bool) -> None:
     """Run what the daily job runs (for cron, instead of the RQ scheduler)."""
-    _with_saved_settings()
     for report in ops.run_scheduled(dry_run=dry_run):
         _echo_report(report)
 

@@ -1,4 +1,9 @@
-"""One settings source: defaults, overridden by the environment (and `.env`), then by the caller."""
+"""Every setting declared once: its type, range and default; loaded when the app is built.
+
+The values of `load_settings` are fixed once the factory returns. The business settings the admin
+may change (`editable`) are read through `storefront.settings`, which lays the saved values over
+these.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,13 @@ import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
+
+from dotenv import dotenv_values
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class ConfigError(RuntimeError):
@@ -43,6 +53,23 @@ def _hosts(raw: str) -> tuple[str, ...]:
     return tuple(part.strip().lower() for part in raw.split(",") if part.strip())
 
 
+def _sender_name(raw: str) -> str:
+    value = raw.strip()
+    if not value or len(value) > 100 or any(ch in value for ch in '<>"\r\n'):
+        raise ValueError('a name of 1 to 100 characters, without < > " or line breaks')
+    return value
+
+
+def _time_of_day(raw: str) -> str:
+    value = raw.strip().lower()
+    if value == "off":
+        return value
+    hours, _, minutes = value.partition(":")
+    if not (hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60):
+        raise ValueError(f"expected HH:MM (UTC) or off, got {raw!r}")
+    return f"{int(hours):02d}:{int(minutes):02d}"
+
+
 @dataclass(frozen=True)
 class Setting:
     """One environment setting: its name, how to parse it, its default and its allowed range."""
@@ -53,6 +80,7 @@ class Setting:
     minimum: Any = None
     maximum: Any = None
     help: str = ""
+    editable: bool = False  # the admin may override it (storefront.settings, the settings page)
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -78,14 +106,23 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("UPSAMPLER_INPUT_TYPE", str, "realism", help="realism, anime or universal"),
     Setting("UPSAMPLER_CREATIVITY", int, 0, 0, 10, help="globalCreativity sent to Upsampler"),
     Setting("UPSAMPLER_DETAIL", int, 0, 0, 10, help="detail sent to Upsampler"),
-    Setting("MARKUP_PERCENT", _decimal, Decimal("200"), Decimal(0), Decimal(1200)),
-    Setting("COST_PER_CREDIT", _decimal, Decimal("0.04"), Decimal("0.001"), Decimal(100)),
-    Setting("CREDITS_PER_MEGAPIXEL", _decimal, Decimal("0.25"), Decimal("0.001"), Decimal(100)),
-    Setting("MIN_PRICE", _decimal, Decimal("0.50"), Decimal("0.50"), Decimal(10000)),
-    Setting("MAX_OUTPUT_MEGAPIXELS", int, 400, 1, 2000),
-    Setting("RESOLUTIONS", _resolutions, ("4x", "8x"), help="resolutions offered"),
-    Setting("DOWNLOAD_EXPIRY_HOURS", int, 24, 1, 168),
-    Setting("DOWNLOAD_MAX_COUNT", int, 10, 1, 1000),
+    Setting("MARKUP_PERCENT", _decimal, Decimal("200"), Decimal(0), Decimal(1200), editable=True),
+    Setting(
+        "COST_PER_CREDIT", _decimal, Decimal("0.04"), Decimal("0.001"), Decimal(100), editable=True
+    ),
+    Setting(
+        "CREDITS_PER_MEGAPIXEL",
+        _decimal,
+        Decimal("0.25"),
+        Decimal("0.001"),
+        Decimal(100),
+        editable=True,
+    ),
+    Setting("MIN_PRICE", _decimal, Decimal("0.50"), Decimal("0.50"), Decimal(10000), editable=True),
+    Setting("MAX_OUTPUT_MEGAPIXELS", int, 400, 1, 2000, editable=True),
+    Setting("RESOLUTIONS", _resolutions, ("4x", "8x"), help="resolutions offered", editable=True),
+    Setting("DOWNLOAD_EXPIRY_HOURS", int, 24, 1, 168, editable=True),
+    Setting("DOWNLOAD_MAX_COUNT", int, 10, 1, 1000, editable=True),
     Setting("CHECKOUT_EXPIRY_MINUTES", int, 60, 30, 1440),
     Setting("PROCESSING_TIMEOUT_MINUTES", int, 30, 1, 720, help="longest one upscale may run"),
     Setting("PROCESSING_MAX_ATTEMPTS", int, 3, 1, 10, help="upscale attempts before a refund"),
@@ -103,18 +140,48 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ADMIN_EMAIL", str, None, help="first admin account and alert address"),
     Setting("ADMIN_PASSWORD", str, None, help="first admin account's password"),
     Setting("SMI_ENV", str, "development", help="development or production"),
+    Setting(
+        "MAIL_SENDER_NAME", _sender_name, None, help="the name emails come from", editable=True
+    ),
+    Setting("CLEANUP_GRACE_HOURS", int, 48, 0, 8760, help="keep expired files", editable=True),
+    Setting("ARCHIVE_AFTER_DAYS", int, 365, 0, 3650, help="archive job records", editable=True),
+    Setting("ARCHIVE_ABANDONED", _bool, False, help="archive abandoned checkouts", editable=True),
+    Setting("ARCHIVE_DIR", str, None, help="where scheduled archives go; instance/archives"),
+    Setting("MAINTENANCE_AT", _time_of_day, "03:30", help="daily maintenance (UTC) or off"),
+    Setting("ADMIN_SESSION_HOURS", int, 12, 1, 720, help="longest admin session"),
+    Setting("ADMIN_UPLOAD_MAX_BYTES", int, 25_000_000, 1000, 30_000_000, help="largest upload"),
+    Setting("ADMIN_LOGIN_SLOW_AFTER", int, 3, 1, 100, help="failures before sign-in slows"),
+    Setting("ADMIN_LOGIN_DELAY_SECONDS", int, 2, 0, 3600, help="first wait once slowed"),
+    Setting("ADMIN_LOGIN_MAX_DELAY_SECONDS", int, 60, 0, 3600, help="longest wait"),
+    Setting("ADMIN_LOGIN_LOCK_AFTER", int, 8, 1, 1000, help="failures before a lock"),
+    Setting("ADMIN_LOGIN_LOCK_MINUTES", int, 15, 1, 10080, help="length of a lock"),
 )
+SETTINGS_BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
+EDITABLE_NAMES: frozenset[str] = frozenset(s.name for s in SETTINGS if s.editable)
 
 SECRET_SETTINGS = ("SECRET_KEY", "STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET")
 
 
-def _parse(setting: Setting, raw: Any) -> Any:
+def parse_setting(setting: Setting, raw: Any) -> Any:
+    """A raw value (text from the environment or a form) parsed and range-checked.
+
+    ValueError when it does not parse; ConfigError, naming the setting, when out of range.
+    """
     value = setting.parse(raw) if isinstance(raw, str) else raw
+    if isinstance(value, Decimal) and not value.is_finite():
+        raise ConfigError(f"{setting.name} must be a finite number, got {value}")
     if setting.minimum is not None and value < setting.minimum:
         raise ConfigError(f"{setting.name} must be at least {setting.minimum}, got {value}")
     if setting.maximum is not None and value > setting.maximum:
         raise ConfigError(f"{setting.name} must be at most {setting.maximum}, got {value}")
     return value
+
+
+def environment() -> dict[str, str]:
+    """The process's settings as the environment gives them: `.env` at the top, then the
+    environment itself, which wins."""
+    dotenv = {k: v for k, v in dotenv_values(PROJECT_ROOT / ".env").items() if v is not None}
+    return {**dotenv, **os.environ}
 
 
 def load_settings(
@@ -123,7 +190,7 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Return the app's settings: defaults, then `environ`, then `overrides`."""
-    environ = os.environ if environ is None else environ
+    environ = environment() if environ is None else environ
     overrides = dict(overrides or {})
     instance = Path(instance_path)
     settings: dict[str, Any] = {}
@@ -136,7 +203,7 @@ def load_settings(
             settings[setting.name] = setting.default
             continue
         try:
-            settings[setting.name] = None if raw is None else _parse(setting, raw)
+            settings[setting.name] = None if raw is None else parse_setting(setting, raw)
         except ValueError as exc:
             raise ConfigError(f"{setting.name}: {exc}") from exc
 
@@ -155,6 +222,12 @@ def load_settings(
         settings["DATABASE_URL"] = f"sqlite:///{instance / 'smi.db'}"
     if settings["STORAGE_DIR"] is None:
         settings["STORAGE_DIR"] = str(instance / "storage")
+    if settings["ARCHIVE_DIR"] is None:
+        settings["ARCHIVE_DIR"] = str(instance / "archives")
+    if settings["MAIL_SENDER_NAME"] is None:
+        settings["MAIL_SENDER_NAME"] = (
+            parseaddr(settings["MAIL_DEFAULT_SENDER"])[0] or "Sell My Images"
+        )
     if not settings["UPSAMPLER_RESULT_HOSTS"]:
         settings["UPSAMPLER_RESULT_HOSTS"] = ("upsampler.com",)
     settings["PUBLIC_BASE_URL"] = settings["PUBLIC_BASE_URL"].rstrip("/")

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 
-from dotenv import load_dotenv
 from redis import Redis
 from rq import Worker
 
-from storefront import PROJECT_ROOT
+from storefront import create_app
 from storefront.queues import DEFAULT_QUEUE, UPSCALE_QUEUE
 from worker.maintenance_tasks import schedule_maintenance
 from worker.tasks import schedule_sweep
@@ -23,12 +21,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", help="worker name")
     parser.add_argument("queues", nargs="*", default=[UPSCALE_QUEUE, DEFAULT_QUEUE])
     args = parser.parse_args(argv)
-    load_dotenv(PROJECT_ROOT / ".env")
-    url = args.url or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    config = create_app().config  # the settings tasks will run with; tasks build their own app
+    url = args.url or config["REDIS_URL"]
     connection = Redis.from_url(url)
-    interval = int(os.environ.get("SWEEP_INTERVAL_SECONDS") or 300)
-    schedule_sweep(url, interval)
-    schedule_maintenance(url)
+    schedule_sweep(url, int(config["SWEEP_INTERVAL_SECONDS"]))
+    schedule_maintenance(url, config["MAINTENANCE_AT"])
     # The app itself is built lazily inside each job (see worker.context), after RQ forks.
     worker = Worker(args.queues, connection=connection, name=args.name)
     worker.work(with_scheduler=True, burst=args.burst, logging_level="INFO")

@@ -8,6 +8,8 @@ from contextlib import contextmanager
 
 from flask import Flask
 
+from storefront import settings
+
 _app: Flask | None = None
 _app_pid: int | None = None
 
@@ -25,12 +27,10 @@ def task_app() -> Flask:
 
 @contextmanager
 def task_context() -> Iterator[Flask]:
-    """The app context a task runs in, with the settings saved in the admin area applied."""
-    from storefront.settings_editor import apply_setting_overrides
-
+    """The app context a task runs in, with the settings the admin saved looked up afresh."""
     app = task_app()
     with app.app_context():
-        apply_setting_overrides(app)
+        settings.refresh(app)
         yield app
 
 

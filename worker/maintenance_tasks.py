@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 
 from redis import Redis
 from rq import Queue
 from rq.exceptions import DuplicateJobError
 
-from worker.context import task_app
+from storefront.queues import DEFAULT_QUEUE
+from worker.context import task_context
 
 log = logging.getLogger("smi.worker")
-
-DEFAULT_TIME = "03:30"
 
 
 def next_run(at: str, now: dt.datetime | None = None) -> dt.datetime:
@@ -31,13 +29,10 @@ def next_run(at: str, now: dt.datetime | None = None) -> dt.datetime:
     return run if run > now else run + dt.timedelta(days=1)
 
 
-def schedule_maintenance(
-    redis_url: str, at: str | None = None, now: dt.datetime | None = None
-) -> bool:
-    """Schedule the next daily run, once per day whatever the worker count; False if already."""
-    from storefront.queues import DEFAULT_QUEUE
-
-    at = (at or os.environ.get("MAINTENANCE_AT") or DEFAULT_TIME).strip()
+def schedule_maintenance(redis_url: str, at: str, now: dt.datetime | None = None) -> bool:
+    """Schedule the next daily run at `at` (MAINTENANCE_AT), once per day whatever the worker
+    count; False if already scheduled, or `off`."""
+    at = at.strip()
     if at.lower() == "off":
         return False
     run_at = next_run(at, now)
@@ -63,12 +58,9 @@ def schedule_maintenance(
 def run_maintenance() -> str:
     """Run the day's maintenance (with the settings saved in the admin), then schedule the next."""
     from storefront.maintenance.operations import run_scheduled
-    from storefront.settings_editor import apply_setting_overrides
 
-    app = task_app()
-    with app.app_context():
+    with task_context() as app:
         try:
-            apply_setting_overrides(app)
             return "; ".join(report.summary() for report in run_scheduled())
         finally:
-            schedule_maintenance(app.config["REDIS_URL"], app.config.get("MAINTENANCE_AT"))
+            schedule_maintenance(app.config["REDIS_URL"], app.config["MAINTENANCE_AT"])

@@ -10,6 +10,7 @@ from pathlib import Path
 from flask import Flask, current_app
 from redis.exceptions import LockError
 
+from storefront import settings
 from storefront.jobs.outcomes import complete_job, fail_job, record_submission
 from storefront.jobs.queueing import enqueue_upsampler_check
 from storefront.jobs.state import get_job
@@ -146,5 +147,5 @@ def _collect(job: Job, provider_job: UpsamplerJob) -> str:
         fail_job(job.job_id, "Upsampler's result is not an image")
         return "failed"
     credits = int(provider_job.credit_cost or 0)
-    cost = (Decimal(credits) * app.config["COST_PER_CREDIT"]).quantize(Decimal("0.01"))
+    cost = (Decimal(credits) * settings.get("COST_PER_CREDIT")).quantize(Decimal("0.01"))
     return complete_job(job, final, credits_used=credits, cost=cost)

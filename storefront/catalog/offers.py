@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from typing import Any
 
+from storefront import settings
 from storefront.catalog.pricing import FACTORS, Offer, PriceSettings, offers
 from storefront.jobs.estimates import engine_for, neural_seconds
 from storefront.models import Attachment
@@ -17,8 +16,9 @@ ENGINE_LABELS = {
 }
 
 
-def image_offers(attachment: Attachment, config: Mapping[str, Any]) -> list[Offer]:
+def image_offers(attachment: Attachment) -> list[Offer]:
     """Every resolution of an image, priced, with its engine or the reason it is not offered."""
+    config = settings.current()
     result = []
     for offer in offers(
         attachment.width,
@@ -40,8 +40,8 @@ def image_offers(attachment: Attachment, config: Mapping[str, Any]) -> list[Offe
     return result
 
 
-def offer_for(attachment: Attachment, resolution: str, config: Mapping[str, Any]) -> Offer:
+def offer_for(attachment: Attachment, resolution: str) -> Offer:
     """The offer of one resolution of an image (KeyError for an unknown resolution)."""
     if resolution not in FACTORS:
         raise KeyError(resolution)
-    return next(o for o in image_offers(attachment, config) if o.quote.resolution == resolution)
+    return next(o for o in image_offers(attachment) if o.quote.resolution == resolution)

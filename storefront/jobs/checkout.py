@@ -11,7 +11,7 @@ from typing import Any
 import stripe
 from flask import current_app
 
-from storefront import funnel, transactions
+from storefront import funnel, settings, transactions
 from storefront.catalog.offers import offer_for
 from storefront.catalog.pricing import Quote, to_minor_units
 from storefront.extensions import db
@@ -31,8 +31,8 @@ def create_checkout(
     ValueError when the tier is not offered; CheckoutUnavailable (and the job closed) when Stripe
     cannot start the session.
     """
-    config = current_app.config
-    offer = offer_for(attachment, resolution, config)
+    config = settings.current()
+    offer = offer_for(attachment, resolution)
     if not offer.available:
         raise ValueError(offer.unavailable_reason)
     job = _new_job(attachment, resolution, email, offer.quote, config["CURRENCY"])

@@ -13,7 +13,7 @@ from pathlib import Path
 from flask import Flask, current_app
 from sqlalchemy import ColumnElement, select, update
 
-from storefront import transactions
+from storefront import settings, transactions
 from storefront.extensions import db
 from storefront.jobs.queueing import enqueue_email
 from storefront.jobs.state import record_event, transition
@@ -121,7 +121,7 @@ class Link:
         """How many more downloads the link allows."""
         if self.job is None:
             return 0
-        limit = int(current_app.config["DOWNLOAD_MAX_COUNT"])
+        limit = int(settings.get("DOWNLOAD_MAX_COUNT"))
         return max(0, limit - (self.job.download_count or 0))
 
     def file_path(self) -> Path:
@@ -156,7 +156,7 @@ def find_link(token: str) -> Link:
 
 def count_download(job_id: str) -> bool:
     """Count one download if the link has any left: one conditional UPDATE, caller's transaction."""
-    limit = int(current_app.config["DOWNLOAD_MAX_COUNT"])
+    limit = int(settings.get("DOWNLOAD_MAX_COUNT"))
     result = db.session.execute(
         update(Job)
         .where(Job.job_id == job_id, Job.download_count < limit)
@@ -172,7 +172,7 @@ def renew_link(job_id: str, actor: str = "buyer") -> bool:
     Only for a deliverable job. Part of the caller's transaction; after it, the "link" email
     issues the new token.
     """
-    hours = int(current_app.config["DOWNLOAD_EXPIRY_HOURS"])
+    hours = int(settings.get("DOWNLOAD_EXPIRY_HOURS"))
     changed = transition(
         job_id,
         ["completed"],

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from email.utils import formataddr, parseaddr
 from typing import Any
 
 from flask import current_app, render_template
 from flask_mail import Message
 
-from storefront import transactions
+from storefront import settings, transactions
 from storefront.extensions import mail
 from storefront.formatting import local_time
 from storefront.jobs.delivery import issue_download_token
@@ -40,6 +41,12 @@ KINDS = {
 }
 
 
+def sender() -> str:
+    """`Name <address>`: the address of MAIL_DEFAULT_SENDER, the name the admin may change."""
+    address = parseaddr(str(current_app.config["MAIL_DEFAULT_SENDER"]))[1] or "shop@localhost"
+    return formataddr((str(settings.get("MAIL_SENDER_NAME")), address))
+
+
 def build_message(kind: str, job: Job, **context: Any) -> Message:
     """The email of `kind` about `job`, addressed to the buyer (or the admin for alerts)."""
     spec = KINDS[kind]
@@ -61,6 +68,7 @@ def build_message(kind: str, job: Job, **context: Any) -> Message:
     }
     return Message(
         subject=spec.subject,
+        sender=sender(),
         recipients=[recipient],
         body=render_template(f"email/{spec.template}.txt", **values),
         html=render_template(f"email/{spec.template}.html", **values),

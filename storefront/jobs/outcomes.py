@@ -11,11 +11,11 @@ from pathlib import Path
 
 from flask import current_app
 
-from storefront import transactions
+from storefront import settings, transactions
 from storefront.jobs.delivery import new_token
 from storefront.jobs.queueing import enqueue_email, enqueue_upsampler_check
 from storefront.jobs.refunds import refund_failed_job
-from storefront.jobs.state import record_event, transition
+from storefront.jobs.state import get_job, record_event, transition
 from storefront.models import Job, utcnow
 from storefront.storage import storage_root
 
@@ -71,7 +71,7 @@ def complete_job(
     relative = output.relative_to(storage_root(current_app)).as_posix()
     size = output.stat().st_size
     _token, digest = new_token()  # replaced by the email task, which shows its own token once
-    hours = int(current_app.config["DOWNLOAD_EXPIRY_HOURS"])
+    hours = int(settings.get("DOWNLOAD_EXPIRY_HOURS"))
     completed = transition(
         job.job_id,
         ["processing"],
@@ -89,7 +89,11 @@ def complete_job(
     )
     if not completed:
         transactions.rollback()
-        output.unlink(missing_ok=True)
+        current = get_job(job.job_id)
+        # Two attempts of one job (a requeued one beside one thought dead) write the same path:
+        # the one that lost must not delete the file the winner recorded.
+        if current is None or current.upscaled_file_path != relative:
+            output.unlink(missing_ok=True)
         log.warning("job=%s was no longer processing and paid; output discarded", job.job_id)
         return "discarded"
     record_event(job.job_id, "completed", f"{output.name}, {size} bytes")

@@ -24,7 +24,7 @@ from typing import Any
 from flask import Flask, current_app
 from sqlalchemy import ColumnElement, and_, delete, or_, select, update
 
-from storefront import transactions
+from storefront import settings, transactions
 from storefront.accounts.audit import log_action
 from storefront.extensions import db
 from storefront.jobs.state import record_event
@@ -126,7 +126,7 @@ def cleanup_expired_files(
     started = time.monotonic()
     app = _app()
     now = now or utcnow()
-    hours = int(app.config.get("CLEANUP_GRACE_HOURS", 48)) if grace_hours is None else grace_hours
+    hours = int(settings.get("CLEANUP_GRACE_HOURS")) if grace_hours is None else grace_hours
     condition = cleanup_condition(now, dt.timedelta(hours=max(0, hours)))
     report = Report("expired files", dry_run)
     last_id = 0
@@ -443,13 +443,13 @@ def run_scheduled(*, dry_run: bool = False, now: dt.datetime | None = None) -> l
         cleanup_expired_files(dry_run=dry_run, now=now),
         remove_leftovers(dry_run=dry_run, now=now),
     ]
-    days = int(app.config.get("ARCHIVE_AFTER_DAYS", 0) or 0)
+    days = int(settings.get("ARCHIVE_AFTER_DAYS"))
     if days > 0:
         reports.append(
             archive_jobs(
                 older_than_days=days,
                 export_path=None if dry_run else default_archive_path(app, now),
-                include_abandoned=bool(app.config.get("ARCHIVE_ABANDONED")),
+                include_abandoned=bool(settings.get("ARCHIVE_ABANDONED")),
                 dry_run=dry_run,
                 now=now,
                 actor="scheduler",
@@ -499,7 +499,7 @@ def run_operation(
         elif operation == "leftovers":
             report = remove_leftovers(dry_run=dry_run)
         else:
-            options = archive or ArchiveOptions(int(current_app.config["ARCHIVE_AFTER_DAYS"]))
+            options = archive or ArchiveOptions(int(settings.get("ARCHIVE_AFTER_DAYS")))
             report = archive_jobs(
                 older_than_days=options.older_than_days,
                 export_path=None if dry_run else default_archive_path(_app(), kind=options.kind),

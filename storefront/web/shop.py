@@ -46,7 +46,7 @@ def render_image_page(
 ) -> ResponseReturnValue:
     """The image page: preview, offers and the Buy form (with its errors, if any)."""
     form = form or CheckoutForm(attachment_id=str(attachment.id))
-    all_offers = image_offers(attachment, current_app.config)
+    all_offers = image_offers(attachment)
     available = [offer for offer in all_offers if offer.available]
     if available and form.resolution.data not in {o.quote.resolution for o in available}:
         form.resolution.data = available[0].quote.resolution

@@ -1,4 +1,4 @@
-"""The admin blueprint: every route needs a signed-in admin; settings overrides are applied here."""
+"""The admin blueprint: every route needs a signed-in admin."""
 
 from __future__ import annotations
 
@@ -19,29 +19,16 @@ from flask import (
     session,
     url_for,
 )
-from flask.blueprints import BlueprintSetupState
 from flask.typing import ResponseReturnValue
 from werkzeug.wrappers import Response
 
 from storefront.accounts.admins import admin_for_session, ensure_first_admin
 from storefront.models import AdminUser
-from storefront.settings_editor import apply_setting_overrides
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
 OPEN_ENDPOINTS = {"admin.login"}
 DEFAULT_SESSION_HOURS = 12
-
-
-@bp.record_once
-def _install(state: BlueprintSetupState) -> None:
-    """Apply the stored settings before every request of the whole app, not only /admin's."""
-    app = state.app
-
-    @app.before_request
-    def _apply_settings() -> None:
-        if request.endpoint != "static":
-            apply_setting_overrides(current_app._get_current_object())  # type: ignore[attr-defined]
 
 
 def _bootstrap_once(app: Flask) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from flask import (
     Response,
     abort,
-    current_app,
     flash,
     redirect,
     render_template,
@@ -15,6 +14,7 @@ from flask import (
 )
 from flask.typing import ResponseReturnValue
 
+from storefront import settings
 from storefront.jobs import actions as job_actions
 from storefront.jobs.actions import ACTIONS, ActionRefused, AlreadyDone
 from storefront.jobs.state import get_job
@@ -76,7 +76,7 @@ def render_job(job: Job, error: str | None = None, status: int = 200) -> Respons
         audit=admin_actions_for(job.job_id),
         remaining=job_actions.remaining_refundable(job),
         error=error,
-        downloads_allowed=int(current_app.config["DOWNLOAD_MAX_COUNT"]),
+        downloads_allowed=int(settings.get("DOWNLOAD_MAX_COUNT")),
     ), status
 
 

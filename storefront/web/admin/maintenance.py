@@ -16,6 +16,7 @@ from flask import (
 )
 from flask.typing import ResponseReturnValue
 
+from storefront import settings
 from storefront.accounts.audit import already_done
 from storefront.maintenance import operations as ops
 from storefront.web.admin.base import admin_name, bp, new_request_id
@@ -47,7 +48,7 @@ def _archive_dir() -> Path:
 def _archive_options() -> tuple[int, bool, str, list[str]]:
     source = request.form if request.method == "POST" else request.args
     errors = []
-    default_days = int(current_app.config.get("ARCHIVE_AFTER_DAYS") or 365)
+    default_days = int(settings.get("ARCHIVE_AFTER_DAYS") or 365)
     try:
         days = int(source.get("older_than", default_days))
         if not 1 <= days <= 3650:
@@ -85,7 +86,6 @@ def maintenance() -> ResponseReturnValue:
         "admin/maintenance.html",
         operations=OPERATIONS,
         archives=[(p.name, p.stat().st_size) for p in archives[:50]],
-        config=current_app.config,
     )
 
 

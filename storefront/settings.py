@@ -1,0 +1,145 @@
+"""The one accessor of settings in force: the app's configuration, with the values the admin saved
+in `app_settings` laid over the editable ones.
+
+Web requests, tasks and commands all read settings here (`get(name)`, or `current()` where a
+mapping is wanted). The saved values are cached per app for `CACHE_SECONDS`: a save in this
+process clears the cache at once, other processes (more web workers, RQ workers) see it within
+that time, and a task checks at its start (`refresh()`). `app.config` itself never changes once
+the factory has returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask, current_app
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from storefront.config import EDITABLE_NAMES, SETTINGS_BY_NAME, ConfigError, parse_setting
+from storefront.extensions import db
+from storefront.models import AppSetting
+
+log = logging.getLogger("smi.settings")
+
+CACHE_SECONDS = 2.0
+
+
+@dataclass
+class _Saved:
+    """The admin's saved values as last read, and when and from which table state."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    signature: tuple[Any, ...] | None = None
+    checked_at: float = float("-inf")
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    warned: bool = False
+
+
+class Settings(Mapping[str, Any]):
+    """A read-only view: the saved value of an editable setting, else the app's configuration."""
+
+    def __init__(self, config: Mapping[str, Any], saved: Mapping[str, Any]) -> None:
+        self._config = config
+        self._saved = saved
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self._saved:
+            return self._saved[name]
+        return self._config[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._config)
+
+    def __len__(self) -> int:
+        return len(self._config)
+
+
+def _app(app: Flask | None) -> Flask:
+    return app or current_app._get_current_object()  # type: ignore[attr-defined]
+
+
+def _saved(app: Flask) -> _Saved:
+    return app.extensions.setdefault("smi_saved_settings", _Saved())
+
+
+def current(app: Flask | None = None) -> Settings:
+    """Every setting in force now, as a mapping."""
+    app = _app(app)
+    saved = _saved(app)
+    if time.monotonic() - saved.checked_at > CACHE_SECONDS:
+        _reload_if_changed(app, saved)
+    return Settings(app.config, saved.values)
+
+
+def get(name: str, app: Flask | None = None) -> Any:
+    """One setting's value in force now."""
+    return current(app)[name]
+
+
+def saved_values(app: Flask | None = None) -> Mapping[str, Any]:
+    """The values the admin saved, by name (the settings page shows which are overridden)."""
+    app = _app(app)
+    current(app)
+    return dict(_saved(app).values)
+
+
+def refresh(app: Flask | None = None) -> bool:
+    """Look at the table now (a task's start); True if the saved values changed."""
+    app = _app(app)
+    return _reload_if_changed(app, _saved(app))
+
+
+def invalidate(app: Flask | None = None) -> None:
+    """Forget the cached values: the next read looks at the table (after a save)."""
+    saved = _saved(_app(app))
+    with saved.lock:
+        saved.checked_at = float("-inf")
+        saved.signature = None
+
+
+def _reload_if_changed(app: Flask, saved: _Saved) -> bool:
+    """Read the saved values again if the table changed since they were last read.
+
+    On a connection of its own, so that it never touches the caller's transaction.
+    """
+    try:
+        with db.engine.connect() as connection:
+            count, latest = connection.execute(
+                select(func.count(AppSetting.id), func.max(AppSetting.updated_at))
+            ).one()
+            signature = (count, str(latest))
+            rows = None
+            if signature != saved.signature:
+                rows = connection.execute(select(AppSetting.name, AppSetting.value)).all()
+    except SQLAlchemyError:
+        # Not migrated yet: the configuration's values stand.
+        if not saved.warned:
+            log.warning("app_settings is not readable; using the configuration's settings")
+            saved.warned = True
+        saved.checked_at = time.monotonic()
+        return False
+    with saved.lock:
+        saved.checked_at = time.monotonic()
+        if rows is None:
+            return False
+        saved.values = _parsed(rows)
+        saved.signature = signature
+    return True
+
+
+def _parsed(rows: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, raw in rows:
+        if name not in EDITABLE_NAMES:
+            continue
+        try:
+            values[name] = parse_setting(SETTINGS_BY_NAME[name], raw)
+        except (ValueError, ArithmeticError, ConfigError) as exc:
+            log.warning("ignoring the saved %s: %s", name, exc)
+    return values
