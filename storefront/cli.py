@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 import click
@@ -12,8 +13,12 @@ from storefront.accounts.admins import AccountError, create_admin
 from storefront.catalog.library import seed_demo
 from storefront.formatting import format_money
 from storefront.jobs.state import get_job
-from storefront.maintenance import operations as ops
+from storefront.maintenance.archive import archive_jobs, export_format
+from storefront.maintenance.cleanup import cleanup_expired_files, remove_leftovers
+from storefront.maintenance.operations import run_scheduled
+from storefront.maintenance.report import MaintenanceError, Report
 from storefront.models import Job
+from storefront.reports.dashboard import revenue_report
 
 
 @click.group()
@@ -106,7 +111,7 @@ def create_admin_command(email: str, name: str, password: str, reset_password: b
     click.echo(f"{verb} {user.email} ({user.name}).")
 
 
-def _echo_report(report: ops.Report) -> None:
+def _echo_report(report: Report) -> None:
     click.echo(report.summary())
     if report.dry_run and report.sample:
         for item in report.sample[:20]:
@@ -126,8 +131,8 @@ def _echo_report(report: ops.Report) -> None:
 @with_appcontext
 def cleanup_command(dry_run: bool, grace_hours: int | None) -> None:
     """Remove expired download files, failed jobs' leftovers and old temporary files."""
-    _echo_report(ops.cleanup_expired_files(dry_run=dry_run, grace_hours=grace_hours))
-    _echo_report(ops.remove_leftovers(dry_run=dry_run))
+    _echo_report(cleanup_expired_files(dry_run=dry_run, grace_hours=grace_hours))
+    _echo_report(remove_leftovers(dry_run=dry_run))
 
 
 @smi.command("archive")
@@ -160,18 +165,18 @@ def archive_command(
         raise click.UsageError("--export FILE is required (or use --dry-run)")
     if export is not None:
         try:
-            ops.export_format(export)
-        except ops.MaintenanceError as exc:
+            export_format(export)
+        except MaintenanceError as exc:
             raise click.UsageError(str(exc)) from exc
     try:
-        report = ops.archive_jobs(
+        report = archive_jobs(
             older_than_days=older_than,
             export_path=export,
             include_abandoned=include_abandoned,
             dry_run=dry_run,
             actor="cli",
         )
-    except ops.MaintenanceError as exc:
+    except MaintenanceError as exc:
         raise click.ClickException(str(exc)) from exc
     _echo_report(report)
 
@@ -181,7 +186,7 @@ def archive_command(
 @with_appcontext
 def maintenance_command(dry_run: bool) -> None:
     """Run what the daily job runs (for cron, instead of the RQ scheduler)."""
-    for report in ops.run_scheduled(dry_run=dry_run):
+    for report in run_scheduled(dry_run=dry_run):
         _echo_report(report)
 
 
@@ -201,8 +206,8 @@ def report_group() -> None:
 @with_appcontext
 def revenue_command(days: int) -> None:
     """Revenue per day, net of refunds (the plugin's revenue query)."""
-    currency = str(current_app.config.get("CURRENCY", "usd"))
-    rows = ops.revenue_report(days)
+    currency = str(current_app.config["CURRENCY"])
+    rows = revenue_report(days)
     click.echo(f"{'day':<12}{'jobs':>6}{'charged':>14}{'refunded':>14}{'revenue':>14}")
     for row in rows:
         click.echo(
@@ -211,8 +216,8 @@ def revenue_command(days: int) -> None:
             f"{format_money(row.revenue, currency):>14}"
         )
     jobs = sum(row.jobs for row in rows)
-    charged = sum((row.charged for row in rows), ops.Decimal("0.00"))
-    refunded = sum((row.refunded for row in rows), ops.Decimal("0.00"))
+    charged = sum((row.charged for row in rows), Decimal("0.00"))
+    refunded = sum((row.refunded for row in rows), Decimal("0.00"))
     click.echo(
         f"{'total':<12}{jobs:>6}{format_money(charged, currency):>14}"
         f"{format_money(refunded, currency):>14}{format_money(charged - refunded, currency):>14}"

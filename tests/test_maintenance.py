@@ -21,7 +21,9 @@ from sqlalchemy import select
 from storefront.extensions import db
 from storefront.jobs.delivery import LinkState, find_link, new_token
 from storefront.jobs.state import record_event
+from storefront.maintenance import archive, cleanup
 from storefront.maintenance import operations as maintenance
+from storefront.maintenance.report import MaintenanceError
 from storefront.models import AdminAction, DownloadLog, Job, JobEvent, utcnow
 from storefront.storage import resolve
 from tests import admin_helpers
@@ -86,7 +88,7 @@ def deliveries(app: Flask) -> dict[str, Job]:
 
 def test_cleanup_dry_run_counts_and_changes_nothing(app: Flask, deliveries: dict[str, Job]) -> None:
     before = _snapshot(app)
-    report = maintenance.cleanup_expired_files(dry_run=True)
+    report = cleanup.cleanup_expired_files(dry_run=True)
     assert report.counts == {"files": 2}
     assert set(report.sample) == {deliveries["long_expired"].job_id, deliveries["refunded"].job_id}
     assert report.bytes == 2 * len(b"upscaled image bytes")
@@ -99,7 +101,7 @@ def test_cleanup_removes_expired_files_after_the_grace_period_only(
     downloadable = _downloadable(app)
     assert set(downloadable) == {deliveries["live"].job_id}
     paths = {name: resolve(app, job.upscaled_file_path or "") for name, job in deliveries.items()}
-    report = maintenance.cleanup_expired_files(dry_run=False)
+    report = cleanup.cleanup_expired_files(dry_run=False)
     assert report.counts == {"files": 2}
     assert not paths["long_expired"].exists() and not paths["refunded"].exists()
     assert not paths["long_expired"].parent.exists()
@@ -113,7 +115,7 @@ def test_cleanup_removes_expired_files_after_the_grace_period_only(
         deliveries["refunded"].job_id,
     }
     # A grace of zero takes the just-expired one too, never the live one.
-    maintenance.cleanup_expired_files(dry_run=False, grace_hours=0)
+    cleanup.cleanup_expired_files(dry_run=False, grace_hours=0)
     assert not paths["just_expired"].exists() and paths["live"].exists()
 
 
@@ -121,7 +123,7 @@ def test_a_link_extended_meanwhile_keeps_its_file(
     app: Flask, deliveries: dict[str, Job], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     job = deliveries["long_expired"]
-    measure = maintenance._file_size
+    measure = cleanup._file_size
 
     def extend_first(app: Flask, relative: str) -> int:
         # An admin extends the link after the cleanup chose the file, before it clears it.
@@ -132,8 +134,8 @@ def test_a_link_extended_meanwhile_keeps_its_file(
         )
         return measure(app, relative)
 
-    monkeypatch.setattr(maintenance, "_file_size", extend_first)
-    report = maintenance.cleanup_expired_files(dry_run=False)
+    monkeypatch.setattr(cleanup, "_file_size", extend_first)
+    report = cleanup.cleanup_expired_files(dry_run=False)
     assert job.job_id not in report.sample
     assert resolve(app, job.upscaled_file_path or "").exists()
     assert fresh(job.job_id).upscaled_file_path == job.upscaled_file_path
@@ -171,7 +173,7 @@ def test_leftovers_removes_failed_outputs_partials_and_old_temporary_files(app: 
     _age(orphan.parent, 2 * DAY)
 
     before = _snapshot(app)
-    dry = maintenance.remove_leftovers(dry_run=True)
+    dry = cleanup.remove_leftovers(dry_run=True)
     assert dry.counts == {
         "failed job files": 1,
         "partial outputs": 1,
@@ -180,7 +182,7 @@ def test_leftovers_removes_failed_outputs_partials_and_old_temporary_files(app: 
     }
     assert _snapshot(app) == before
 
-    report = maintenance.remove_leftovers(dry_run=False)
+    report = cleanup.remove_leftovers(dry_run=False)
     assert report.counts == dry.counts
     assert not failed_path.exists() and fresh(failed.job_id).upscaled_file_path is None
     assert not old_partial.exists() and not orphan.exists() and not orphan.parent.exists()
@@ -233,9 +235,7 @@ def test_archive_dry_run_counts_and_changes_nothing(
     app: Flask, history: dict[str, Job], tmp_path: Path
 ) -> None:
     before = _snapshot(app)
-    report = maintenance.archive_jobs(
-        older_than_days=365, export_path=tmp_path / "a.csv", dry_run=True
-    )
+    report = archive.archive_jobs(older_than_days=365, export_path=tmp_path / "a.csv", dry_run=True)
     assert report.counts == {"jobs": 2}
     assert set(report.sample) == {history["completed"].job_id, history["failed_refunded"].job_id}
     assert _snapshot(app) == before
@@ -252,7 +252,7 @@ def test_archive_exports_every_row_then_deletes_it(
         for job in history.values()
     }
     target = tmp_path / f"archive{suffix}"
-    report = maintenance.archive_jobs(
+    report = archive.archive_jobs(
         older_than_days=365, export_path=target, include_abandoned=True, dry_run=False
     )
     archived = {ids[name] for name in ("completed", "failed_refunded", "abandoned")}
@@ -280,7 +280,7 @@ def test_abandoned_checkouts_are_kept_for_the_funnel_by_default(
     app: Flask, history: dict[str, Job], tmp_path: Path
 ) -> None:
     ids = {name: job.job_id for name, job in history.items()}
-    maintenance.archive_jobs(older_than_days=365, export_path=tmp_path / "a.jsonl", dry_run=False)
+    archive.archive_jobs(older_than_days=365, export_path=tmp_path / "a.jsonl", dry_run=False)
     assert ids["abandoned"] in _remaining()
     assert ids["completed"] not in _remaining()
 
@@ -293,11 +293,11 @@ def test_nothing_is_deleted_when_the_export_fails(
     def disk_full(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(maintenance.os, "fsync", disk_full)
+    monkeypatch.setattr(archive.os, "fsync", disk_full)
     exports = tmp_path / "exports"
     exports.mkdir()
-    with pytest.raises(maintenance.MaintenanceError, match="nothing was deleted"):
-        maintenance.archive_jobs(older_than_days=365, export_path=exports / "a.csv", dry_run=False)
+    with pytest.raises(MaintenanceError, match="nothing was deleted"):
+        archive.archive_jobs(older_than_days=365, export_path=exports / "a.csv", dry_run=False)
     assert _snapshot(app)[0] == before[0]
     assert list(exports.iterdir()) == []
 
@@ -314,8 +314,8 @@ def test_archive_refuses_a_bad_export_target(
     app: Flask, history: dict[str, Job], tmp_path: Path, name: str, message: str
 ) -> None:
     (tmp_path / "exists.csv").write_text("keep me")
-    with pytest.raises(maintenance.MaintenanceError, match=message):
-        maintenance.archive_jobs(older_than_days=365, export_path=tmp_path / name, dry_run=False)
+    with pytest.raises(MaintenanceError, match=message):
+        archive.archive_jobs(older_than_days=365, export_path=tmp_path / name, dry_run=False)
     assert len(_remaining()) == len(history)
     assert (tmp_path / "exists.csv").read_text() == "keep me"
 

@@ -151,11 +151,11 @@ class ThrottlePolicy:
         """Read the policy (ADMIN_LOGIN_* settings) with sensible defaults."""
         config = app.config
         return cls(
-            slow_after=int(config.get("ADMIN_LOGIN_SLOW_AFTER", 3)),
-            delay_seconds=int(config.get("ADMIN_LOGIN_DELAY_SECONDS", 2)),
-            max_delay_seconds=int(config.get("ADMIN_LOGIN_MAX_DELAY_SECONDS", 60)),
-            lock_after=int(config.get("ADMIN_LOGIN_LOCK_AFTER", 8)),
-            lock_minutes=int(config.get("ADMIN_LOGIN_LOCK_MINUTES", 15)),
+            slow_after=int(config["ADMIN_LOGIN_SLOW_AFTER"]),
+            delay_seconds=int(config["ADMIN_LOGIN_DELAY_SECONDS"]),
+            max_delay_seconds=int(config["ADMIN_LOGIN_MAX_DELAY_SECONDS"]),
+            lock_after=int(config["ADMIN_LOGIN_LOCK_AFTER"]),
+            lock_minutes=int(config["ADMIN_LOGIN_LOCK_MINUTES"]),
         )
 
     def scaled(self, factor: int) -> ThrottlePolicy:

@@ -14,7 +14,13 @@ from sqlalchemy import select, update
 
 from storefront import transactions
 from storefront.accounts.audit import log_action
-from storefront.catalog.library import PREVIEW_SIZES, add_image, read_image_info, slugify
+from storefront.catalog.library import (
+    PREVIEW_SIZES,
+    ImageInfo,
+    add_image,
+    read_image_info,
+    slugify,
+)
 from storefront.extensions import db
 from storefront.formatting import format_bytes
 from storefront.models import Attachment, Job, Post
@@ -28,7 +34,6 @@ ALLOWED_SUFFIXES = {
     ".png": "image/png",
     ".webp": "image/webp",
 }
-DEFAULT_MAX_UPLOAD_BYTES = 25 * 1000 * 1000
 MAX_SIDE = 20000
 MAX_MEGAPIXELS = 200
 SLUG_PATTERN = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
@@ -77,6 +82,38 @@ def _unique_name(app: Flask, post: Post, filename: str) -> str:
     return candidate
 
 
+def _receive(stream: IO[bytes], target: Path, limit: int) -> None:
+    """Copy an upload to `target`, refusing it past `limit` bytes or empty."""
+    size = 0
+    with target.open("wb") as handle:
+        while chunk := stream.read(1024 * 1024):
+            size += len(chunk)
+            if size > limit:
+                raise CatalogError(f"The image is larger than {format_bytes(limit)}.")
+            handle.write(chunk)
+    if size == 0:
+        raise CatalogError("The file is empty.")
+
+
+def _checked_image(source: Path, suffix: str) -> ImageInfo:
+    """The image's real type and size, if it is one the shop accepts (CatalogError if not)."""
+    try:
+        info = read_image_info(source)
+    except Exception as exc:  # pyvips raises its own Error for anything unreadable
+        raise CatalogError("That file is not an image we can read.") from exc
+    if info.mime_type != ALLOWED_SUFFIXES[suffix] and {
+        info.mime_type,
+        ALLOWED_SUFFIXES[suffix],
+    } != {"image/jpeg"}:
+        raise CatalogError(f"The file's name says {suffix} but its content is {info.mime_type}.")
+    if max(info.width, info.height) > MAX_SIDE or info.width * info.height > MAX_MEGAPIXELS * 10**6:
+        raise CatalogError(
+            f"The image is {info.width} × {info.height} px; the largest accepted is "
+            f"{MAX_SIDE} px a side and {MAX_MEGAPIXELS} megapixels."
+        )
+    return info
+
+
 @transactions.atomic
 def upload_image(
     app: Flask,
@@ -93,40 +130,14 @@ def upload_image(
     suffix = Path(filename or "").suffix.lower()
     if suffix not in ALLOWED_SUFFIXES:
         raise CatalogError("Upload a JPEG, PNG or WebP image (.jpg, .jpeg, .png or .webp).")
-    limit = int(app.config.get("ADMIN_UPLOAD_MAX_BYTES", DEFAULT_MAX_UPLOAD_BYTES))
+    limit = int(app.config["ADMIN_UPLOAD_MAX_BYTES"])
     work = storage_root(app) / "tmp"
     work.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(dir=work, prefix=".tmp-upload-"))
     try:
         source = folder / _unique_name(app, post, filename)
-        size = 0
-        with source.open("wb") as handle:
-            while chunk := stream.read(1024 * 1024):
-                size += len(chunk)
-                if size > limit:
-                    raise CatalogError(f"The image is larger than {format_bytes(limit)}.")
-                handle.write(chunk)
-        if size == 0:
-            raise CatalogError("The file is empty.")
-        try:
-            info = read_image_info(source)
-        except Exception as exc:  # pyvips raises its own Error for anything unreadable
-            raise CatalogError("That file is not an image we can read.") from exc
-        if info.mime_type != ALLOWED_SUFFIXES[suffix] and {
-            info.mime_type,
-            ALLOWED_SUFFIXES[suffix],
-        } != {"image/jpeg"}:
-            raise CatalogError(
-                f"The file's name says {suffix} but its content is {info.mime_type}."
-            )
-        if (
-            max(info.width, info.height) > MAX_SIDE
-            or info.width * info.height > MAX_MEGAPIXELS * 10**6
-        ):
-            raise CatalogError(
-                f"The image is {info.width} × {info.height} px; the largest accepted is "
-                f"{MAX_SIDE} px a side and {MAX_MEGAPIXELS} megapixels."
-            )
+        _receive(stream, source, limit)
+        info = _checked_image(source, suffix)
         attachment = add_image(app, post, source, title=title.strip(), alt_text=alt_text.strip())
         attachment.original_filename = (filename or source.name)[:255]
         attachment.for_sale = for_sale

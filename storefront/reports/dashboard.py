@@ -423,7 +423,7 @@ def build_dashboard(app: Flask, date_range: DateRange, now: dt.datetime | None =
         completed_jobs=next(step.count for step in steps if step.label == "Completed"),
     )
     by_day: Mapping[dt.date, DayRevenue] = {d.day: d for d in days}
-    currency = str(app.config.get("CURRENCY", "usd"))
+    currency = str(app.config["CURRENCY"])
     revenue_points = [
         (f"{day:%b %d}", by_day[day].revenue if day in by_day else ZERO) for day in date_range.days
     ]
@@ -447,3 +447,13 @@ def build_dashboard(app: Flask, date_range: DateRange, now: dt.datetime | None =
     )
     dashboard.charts["jobs"] = bar_chart(count_points, title="Paid jobs per day")
     return dashboard
+
+
+def revenue_report(days: int, now: dt.datetime | None = None) -> list[DayRevenue]:
+    """The seed's revenue query over the last `days` days (today included)."""
+    if days < 1:
+        raise ValueError("the report needs at least 1 day")
+    today = (now or utcnow()).date()
+    since = dt.datetime.combine(today - dt.timedelta(days=days - 1), dt.time())
+    until = dt.datetime.combine(today + dt.timedelta(days=1), dt.time())
+    return revenue_by_day(since, until)

@@ -28,7 +28,6 @@ from storefront.models import AdminUser
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
 OPEN_ENDPOINTS = {"admin.login"}
-DEFAULT_SESSION_HOURS = 12
 
 
 def _bootstrap_once(app: Flask) -> None:
@@ -43,7 +42,7 @@ def current_admin() -> AdminUser | None:
         return g.admin
     user = admin_for_session(session.get("admin_id"), session.get("admin_key"))
     started = session.get("admin_since")
-    hours = int(current_app.config.get("ADMIN_SESSION_HOURS", DEFAULT_SESSION_HOURS))
+    hours = int(current_app.config["ADMIN_SESSION_HOURS"])
     if user is not None and (
         not isinstance(started, int | float) or time.time() - started > hours * 3600
     ):

@@ -19,6 +19,8 @@ from flask.typing import ResponseReturnValue
 from storefront import settings
 from storefront.accounts.audit import already_done
 from storefront.maintenance import operations as ops
+from storefront.maintenance.archive import default_archive_path
+from storefront.maintenance.report import MaintenanceError, Report
 from storefront.web.admin.base import admin_name, bp, new_request_id
 
 OPERATIONS = {
@@ -42,7 +44,7 @@ OPERATIONS = {
 
 def _archive_dir() -> Path:
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    return ops.default_archive_path(app).parent
+    return default_archive_path(app).parent
 
 
 def _archive_options() -> tuple[int, bool, str, list[str]]:
@@ -63,7 +65,7 @@ def _archive_options() -> tuple[int, bool, str, list[str]]:
     return days, include_abandoned, kind, errors
 
 
-def _run(operation: str, dry_run: bool, request_id: str | None = None) -> ops.Report:
+def _run(operation: str, dry_run: bool, request_id: str | None = None) -> Report:
     days, include_abandoned, kind, _ = _archive_options()
     return ops.run_operation(
         operation,
@@ -125,7 +127,7 @@ def maintenance_run(operation: str) -> ResponseReturnValue:
         return redirect(url_for("admin.maintenance_preview", operation=operation), 303)
     try:
         report = _run(operation, dry_run=False, request_id=request_id)
-    except ops.MaintenanceError as exc:
+    except MaintenanceError as exc:
         flash(f"{OPERATIONS[operation][0]}: {exc}", "error")
         return redirect(url_for("admin.maintenance"), 303)
     flash(report.summary(), "success")
