@@ -214,6 +214,15 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - current)
 
 
+@dataclass(frozen=True)
+class _Failure:
+    """Why one request failed in a way another try may mend."""
+
+    reason: str
+    status_code: int | None = None
+    retry_after: float | None = None
+
+
 class UpsamplerClient:
     """Talks to Upsampler's API over one `requests.Session`, retrying what is worth retrying.
 
@@ -316,63 +325,69 @@ class UpsamplerClient:
         json_body: Mapping[str, Any] | None = None,
         idempotent: bool = True,
     ) -> Any:
-        url = self.base_url + path
-        headers = {
-            "Authorization": f"Bearer {self._api_key}",
-            "Accept": "application/json",
-            "User-Agent": USER_AGENT,
-        }
         attempts = self.max_retries + 1
         for attempt in range(1, attempts + 1):
-            retry_after: float | None = None
-            status_code: int | None = None
-            try:
-                with self._session.request(
-                    method,
-                    url,
-                    json=json_body,
-                    headers=headers,
-                    timeout=self.timeout,
-                    allow_redirects=False,
-                ) as response:
-                    status_code = response.status_code
-                    if status_code == 429 or status_code >= 500:
-                        retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                        reason = f"HTTP {status_code}"
-                        detail = _answer_message(response)
-                        if detail:
-                            reason += f": {detail}"
-                    else:
-                        return self._read(response, method, path)
-            except requests.ReadTimeout:
-                if not idempotent:
-                    raise UpsamplerTransientError(
-                        f"Upsampler did not answer {method} {path} in time; the job may or may "
-                        "not have been created, so it is not sent again"
-                    ) from None
-                reason = "the read timed out"
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                reason = f"network error ({type(exc).__name__})"
-            wait = self._wait(attempt, retry_after)
+            outcome = self._attempt(method, path, json_body, idempotent)
+            if not isinstance(outcome, _Failure):
+                return outcome
+            wait = self._wait(attempt, outcome.retry_after)
             if attempt == attempts:
                 raise UpsamplerTransientError(
                     self._scrub(
-                        f"Upsampler {method} {path} failed after {attempts} attempts: {reason}"
+                        f"Upsampler {method} {path} failed after {attempts} attempts: "
+                        f"{outcome.reason}"
                     ),
-                    status_code=status_code,
-                    retry_after=retry_after,
+                    status_code=outcome.status_code,
+                    retry_after=outcome.retry_after,
                 )
             log.warning(
                 "upsampler %s %s: %s; retry %d/%d in %.1fs",
                 method,
                 path,
-                self._scrub(reason),
+                self._scrub(outcome.reason),
                 attempt,
                 self.max_retries,
                 wait,
             )
             self._sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _attempt(
+        self, method: str, path: str, json_body: Mapping[str, Any] | None, idempotent: bool
+    ) -> Any:
+        """One request: the answer read, or a _Failure worth another try."""
+        headers = {
+            "Authorization": f"Bearer {self._api_key}",
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+        try:
+            with self._session.request(
+                method,
+                self.base_url + path,
+                json=json_body,
+                headers=headers,
+                timeout=self.timeout,
+                allow_redirects=False,
+            ) as response:
+                status_code = response.status_code
+                if status_code != 429 and status_code < 500:
+                    return self._read(response, method, path)
+                reason = f"HTTP {status_code}"
+                detail = _answer_message(response)
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                return _Failure(
+                    f"{reason}: {detail}" if detail else reason, status_code, retry_after
+                )
+        except requests.ReadTimeout:
+            if not idempotent:
+                raise UpsamplerTransientError(
+                    f"Upsampler did not answer {method} {path} in time; the job may or may "
+                    "not have been created, so it is not sent again"
+                ) from None
+            return _Failure("the read timed out")
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            return _Failure(f"network error ({type(exc).__name__})")
 
     def _wait(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
