@@ -7,8 +7,8 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from devservers.stripe_local import LocalStripe
-from storefront.jobs.estimates import engine_for, neural_seconds
 from storefront.extensions import db
+from storefront.jobs.estimates import engine_for, neural_seconds
 from storefront.models import Job
 from tests.factories import make_attachment
 

@@ -17,8 +17,8 @@ from PIL import Image, ImageCms, ImageDraw
 from PIL.JpegImagePlugin import JpegImageFile
 
 from worker.engines import PermanentUpscaleError, TransientUpscaleError, get_engine
+from worker.engines.imaging import image_size
 from worker.engines.local import LocalEngine, lanczos3_upscale
-from worker.imaging import image_size
 
 ASTRONAUT = Path(__file__).parent / "data" / "astronaut.png"
 EXIF_ORIENTATION = 0x0112

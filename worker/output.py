@@ -17,7 +17,7 @@ from storefront.jobs.delivery import delivery_path
 from storefront.models import Job
 from storefront.storage import resolve
 from worker.engines.base import PermanentUpscaleError
-from worker.imaging import image_size
+from worker.engines.imaging import image_size
 
 
 class WrongSize(PermanentUpscaleError):

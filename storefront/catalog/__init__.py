@@ -1,1 +1,1 @@
-"""The catalog: posts and their images, prices and offers, previews and the demo content."""
+"""The catalog: posts and their images, prices, uploads and previews, and the demo content."""

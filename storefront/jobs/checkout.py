@@ -12,9 +12,9 @@ import stripe
 from flask import current_app
 
 from storefront import funnel, settings, transactions
-from storefront.catalog.offers import offer_for
 from storefront.catalog.pricing import Quote, to_minor_units
 from storefront.extensions import db
+from storefront.jobs.offers import offer_for
 from storefront.jobs.state import record_event, transition
 from storefront.jobs.stripe_api import CheckoutUnavailable, stripe_client
 from storefront.models import Attachment, Job, utcnow

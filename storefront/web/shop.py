@@ -9,8 +9,8 @@ from sqlalchemy.orm import selectinload
 
 from storefront import funnel
 from storefront.catalog.library import PREVIEW_SIZES, preview_path
-from storefront.catalog.offers import ENGINE_LABELS, image_offers
 from storefront.extensions import db
+from storefront.jobs.offers import ENGINE_LABELS, image_offers
 from storefront.models import Attachment, Post
 from storefront.web.forms import CheckoutForm
 

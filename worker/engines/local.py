@@ -10,7 +10,7 @@ from pathlib import Path
 import pyvips
 
 from worker.engines.base import PermanentUpscaleError, TransientUpscaleError, UpscaleResult
-from worker.imaging import image_size, vips_message
+from worker.engines.imaging import image_size, vips_message
 
 FACTORS = (2, 4, 8)
 

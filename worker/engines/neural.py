@@ -32,7 +32,7 @@ import pyvips
 from storefront.jobs.estimates import NEURAL_PASSES
 from storefront.jobs.estimates import neural_seconds as estimate_seconds
 from worker.engines.base import PermanentUpscaleError, TransientUpscaleError, UpscaleResult
-from worker.imaging import vips_message
+from worker.engines.imaging import vips_message
 
 log = logging.getLogger(__name__)
 
