@@ -36,3 +36,14 @@ def already_done(request_id: str | None) -> AdminAction | None:
     if not request_id:
         return None
     return db.session.scalar(select(AdminAction).where(AdminAction.request_id == request_id))
+
+
+def audit_page(page: int, per_page: int) -> tuple[list[AdminAction], bool]:
+    """One page of the audit log, newest first, and whether an older page exists."""
+    rows = db.session.scalars(
+        select(AdminAction)
+        .order_by(AdminAction.id.desc())
+        .limit(per_page + 1)
+        .offset((max(1, page) - 1) * per_page)
+    ).all()
+    return list(rows[:per_page]), len(rows) > per_page

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import IO
 
 from flask import Flask
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from storefront import transactions
 from storefront.accounts.audit import log_action
@@ -218,3 +218,15 @@ def remove_image(app: Flask, attachment: Attachment, admin: str) -> None:
         storage_root(app) / "previews" / size / f"{image_id}.jpg" for size in PREVIEW_SIZES
     ]:
         path.unlink(missing_ok=True)
+
+
+def paid_job_count(attachment: Attachment) -> int:
+    """How many paid (or refunded) orders bought this image."""
+    return int(
+        db.session.scalar(
+            select(func.count(Job.id)).where(
+                Job.attachment_id == attachment.id, Job.payment_status.in_(("paid", "refunded"))
+            )
+        )
+        or 0
+    )

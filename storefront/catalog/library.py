@@ -10,6 +10,7 @@ from pathlib import Path
 import pyvips
 from flask import Flask
 from sqlalchemy import select
+from sqlalchemy.orm import selectinload
 
 from storefront import transactions
 from storefront.extensions import db
@@ -150,3 +151,27 @@ def preview_path(app: Flask, attachment: Attachment, size: str) -> Path:
 def slugify(text: str) -> str:
     """A URL slug made of lowercase letters, digits and dashes."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "post"
+
+
+# The largest id a BIGINT holds: a longer number in a URL or a form is simply not found.
+MAX_ID = 2**63 - 1
+
+
+def posts_with_images() -> list[Post]:
+    """Every post with its images, oldest first."""
+    return list(
+        db.session.scalars(select(Post).options(selectinload(Post.attachments)).order_by(Post.id))
+    )
+
+
+def post_by_slug(slug: str) -> Post | None:
+    """The post at this address."""
+    return db.session.scalar(select(Post).where(Post.slug == slug))
+
+
+def find_attachment(raw_id: str) -> Attachment | None:
+    """The image whose id a form gave as text; None for anything that is not one of ours."""
+    raw_id = raw_id.strip()
+    if not raw_id.isdigit() or int(raw_id) > MAX_ID:
+        return None
+    return db.session.get(Attachment, int(raw_id))

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from storefront import transactions
 from storefront.accounts.audit import already_done, log_action
-from storefront.jobs.delivery import file_kept, renew_link
+from storefront.jobs.delivery import file_kept, is_delivered_and_paid, renew_link
 from storefront.jobs.queueing import enqueue_email, enqueue_processing
 from storefront.jobs.refunds import RefundFailed, refund_job, remaining_refundable
 from storefront.jobs.state import get_job, record_event, transition
@@ -67,7 +67,7 @@ def _why_not_refund(job: Job, now: dt.datetime) -> str | None:
 
 
 def _why_not_resend(job: Job, now: dt.datetime) -> str | None:
-    if job.status != "completed" or job.payment_status != "paid" or job.disputed_at is not None:
+    if not is_delivered_and_paid(job):
         return (
             f"Only a completed, paid, undisputed job can get a fresh download link; {_state(job)}."
         )

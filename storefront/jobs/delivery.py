@@ -47,14 +47,14 @@ def deliverable_where() -> list[ColumnElement[bool]]:
     ]
 
 
+def is_delivered_and_paid(job: Job) -> bool:
+    """The deliverable rule but for the file: completed, paid, not disputed."""
+    return job.status == "completed" and job.payment_status == "paid" and job.disputed_at is None
+
+
 def is_deliverable(job: Job) -> bool:
     """The deliverable rule, of a loaded job."""
-    return (
-        job.status == "completed"
-        and job.payment_status == "paid"
-        and job.disputed_at is None
-        and bool(job.upscaled_file_path)
-    )
+    return is_delivered_and_paid(job) and bool(job.upscaled_file_path)
 
 
 def file_kept(job: Job) -> bool:

@@ -1,11 +1,17 @@
-"""What the web side does for Upsampler.com: signed URLs of originals, and its callbacks."""
+"""Upsampler.com's ways in: signed URLs of originals for it to fetch, and its callbacks."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from pathlib import Path
 
 from flask import Flask
 from itsdangerous import BadSignature, Signer, URLSafeTimedSerializer
+
+from storefront.jobs.queueing import enqueue_upsampler_check
+from storefront.jobs.state import get_job
+from storefront.storage import resolve
 
 log = logging.getLogger("smi.provider")
 
@@ -48,3 +54,35 @@ def callback_url(app: Flask, job_id: str) -> str:
 def callback_is_authentic(app: Flask, job_id: str, signature: str) -> bool:
     """Whether a callback's signature was made for this job id (constant-time)."""
     return _callback_signer(app).verify_signature(job_id, signature)
+
+
+def accept_callback(app: Flask, job_id: str, signature: str) -> bool:
+    """An authentic callback for a job Upsampler has: queue a status check (the body is never
+    trusted). False when the signature or the job is not ours."""
+    if not callback_is_authentic(app, job_id, signature):
+        return False
+    job = get_job(job_id)
+    if job is None or not job.upsampler_job_id:
+        return False
+    if job.status == "processing":
+        enqueue_upsampler_check(job_id)
+    log.info("job=%s upsampler callback received", job_id)
+    return True
+
+
+@dataclass(frozen=True)
+class Original:
+    """An original image file and its type."""
+
+    path: Path
+    mime_type: str
+
+
+def original_for_token(app: Flask, token: str) -> Original | None:
+    """The original behind a still-valid signed URL, while its job is being upscaled."""
+    job_id = job_for_original_token(app, token)
+    job = get_job(job_id) if job_id else None
+    if job is None or job.attachment is None or job.status not in ("pending", "processing"):
+        return None
+    path = resolve(app, job.attachment.file_path)
+    return Original(path, job.attachment.mime_type) if path.is_file() else None

@@ -5,14 +5,13 @@ from __future__ import annotations
 from flask import Blueprint, redirect, request
 from flask.typing import ResponseReturnValue
 
-from storefront.extensions import db
+from storefront.catalog.library import find_attachment
 from storefront.jobs.checkout import create_checkout
 from storefront.jobs.stripe_api import CheckoutUnavailable
-from storefront.models import Attachment
 from storefront.web.errors import render_error
 from storefront.web.forms import CheckoutForm
 from storefront.web.orders import remember_order
-from storefront.web.shop import MAX_ID, render_image_page
+from storefront.web.shop import render_image_page
 
 bp = Blueprint("checkout", __name__)
 
@@ -21,9 +20,7 @@ bp = Blueprint("checkout", __name__)
 def start() -> ResponseReturnValue:
     """Create the job and its Checkout Session, then send the buyer to Stripe (303)."""
     form = CheckoutForm()
-    raw_id = (form.attachment_id.data or "").strip()
-    valid_id = raw_id.isdigit() and int(raw_id) <= MAX_ID
-    attachment = db.session.get(Attachment, int(raw_id)) if valid_id else None
+    attachment = find_attachment(form.attachment_id.data or "")
     if attachment is None:
         return render_error(400, "That image isn't in the catalog. Go back and choose another.")
     if not form.validate():

@@ -42,9 +42,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> tuple[str, int]:
-        status = error.code or 500
-        detail = error.description if getattr(error, "smi_detail", False) else None
-        return render_error(status, detail)
+        return render_error(error.code or 500)
 
     @app.errorhandler(Exception)
     def unhandled(error: Exception) -> tuple[str, int]:

@@ -4,35 +4,33 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, current_app, render_template, request, send_file
 from flask.typing import ResponseReturnValue
-from sqlalchemy import select
-from sqlalchemy.orm import selectinload
 
 from storefront import funnel
-from storefront.catalog.library import PREVIEW_SIZES, preview_path
+from storefront.catalog.library import (
+    MAX_ID,
+    PREVIEW_SIZES,
+    post_by_slug,
+    posts_with_images,
+    preview_path,
+)
 from storefront.extensions import db
 from storefront.jobs.offers import ENGINE_LABELS, image_offers
-from storefront.models import Attachment, Post
+from storefront.models import Attachment
 from storefront.web.forms import CheckoutForm
 
 bp = Blueprint("shop", __name__)
-
-# The largest id a BIGINT holds: a longer number in a URL is simply not found.
-MAX_ID = 2**63 - 1
 
 
 @bp.get("/")
 def index() -> ResponseReturnValue:
     """The catalog: every post with its images."""
-    posts = db.session.scalars(
-        select(Post).options(selectinload(Post.attachments)).order_by(Post.id)
-    ).all()
-    return render_template("shop/index.html", posts=posts)
+    return render_template("shop/index.html", posts=posts_with_images())
 
 
 @bp.get("/posts/<slug>")
 def post(slug: str) -> ResponseReturnValue:
     """One post with its images."""
-    found = db.session.scalar(select(Post).where(Post.slug == slug))
+    found = post_by_slug(slug)
     if found is None:
         abort(404)
     return render_template("shop/post.html", post=found)

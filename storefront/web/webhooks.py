@@ -11,10 +11,8 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy.exc import SQLAlchemyError
 
 from storefront.extensions import csrf
-from storefront.jobs.queueing import enqueue_upsampler_check
-from storefront.jobs.state import get_job
 from storefront.jobs.stripe_events import handle_event
-from storefront.jobs.upsampler_links import callback_is_authentic
+from storefront.jobs.upsampler_links import accept_callback
 
 log = logging.getLogger("smi.webhooks")
 
@@ -56,12 +54,6 @@ def stripe_webhook() -> ResponseReturnValue:
 def upsampler_callback(job_id: str, signature: str) -> ResponseReturnValue:
     """Upsampler says a job ended. The body is not trusted: a task asks Upsampler itself."""
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    if not callback_is_authentic(app, job_id, signature):
+    if not accept_callback(app, job_id, signature):
         abort(404)
-    job = get_job(job_id)
-    if job is None or not job.upsampler_job_id:
-        abort(404)
-    if job.status == "processing":
-        enqueue_upsampler_check(job_id)
-    log.info("job=%s upsampler callback received", job_id)
     return jsonify(received=True)

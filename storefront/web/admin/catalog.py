@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from flask import abort, current_app, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
-from sqlalchemy import func, select
-from sqlalchemy.orm import selectinload
 
 from storefront.catalog.editing import (
     CatalogError,
+    paid_job_count,
     removal_blocker,
     remove_image,
     save_post,
     update_image,
     upload_image,
 )
+from storefront.catalog.library import posts_with_images
 from storefront.extensions import db
-from storefront.models import Attachment, Job, Post
+from storefront.models import Attachment, Post
 from storefront.web.admin.base import admin_name, bp
 from storefront.web.admin.forms import ConfirmForm, ImageForm, PostForm, UploadForm
 
@@ -24,9 +24,7 @@ from storefront.web.admin.forms import ConfirmForm, ImageForm, PostForm, UploadF
 @bp.get("/catalog")
 def catalog() -> ResponseReturnValue:
     """Every post with its images."""
-    posts = db.session.scalars(
-        select(Post).options(selectinload(Post.attachments)).order_by(Post.id)
-    ).all()
+    posts = posts_with_images()
     return render_template("admin/catalog.html", posts=posts)
 
 
@@ -129,17 +127,6 @@ def _upload(post: Post) -> ResponseReturnValue:
     return redirect(url_for("admin.post_edit", post_id=post.id), 303)
 
 
-def _paid_jobs(attachment: Attachment) -> int:
-    return int(
-        db.session.scalar(
-            select(func.count(Job.id)).where(
-                Job.attachment_id == attachment.id, Job.payment_status.in_(("paid", "refunded"))
-            )
-        )
-        or 0
-    )
-
-
 @bp.route("/catalog/images/<int:attachment_id>", methods=["GET", "POST"])
 def image_edit(attachment_id: int) -> ResponseReturnValue:
     """An image's title, alt text and whether it is for sale."""
@@ -167,7 +154,7 @@ def image_edit(attachment_id: int) -> ResponseReturnValue:
         form=form,
         error=error,
         blocker=removal_blocker(attachment),
-        paid_jobs=_paid_jobs(attachment),
+        paid_jobs=paid_job_count(attachment),
         confirm=ConfirmForm(formdata=None),
     ), status
 
@@ -188,7 +175,7 @@ def image_remove(attachment_id: int) -> ResponseReturnValue:
             form=ImageForm(obj=attachment, formdata=None),
             error=str(exc),
             blocker=str(exc),
-            paid_jobs=_paid_jobs(attachment),
+            paid_jobs=paid_job_count(attachment),
             confirm=ConfirmForm(formdata=None),
         ), 409
     flash("Image removed.", "success")

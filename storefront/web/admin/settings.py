@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from flask import current_app, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
-from sqlalchemy import select
 
-from storefront.extensions import db
-from storefront.models import AdminAction
+from storefront.accounts.audit import audit_page
 from storefront.settings_editor import (
     EDITABLE_BY_NAME,
     SettingRow,
@@ -60,15 +58,10 @@ def audit_log() -> ResponseReturnValue:
         page = max(1, int(request.args.get("page", "1")))
     except ValueError:
         page = 1
-    rows = db.session.scalars(
-        select(AdminAction)
-        .order_by(AdminAction.id.desc())
-        .limit(AUDIT_PER_PAGE + 1)
-        .offset((page - 1) * AUDIT_PER_PAGE)
-    ).all()
+    rows, more = audit_page(page, AUDIT_PER_PAGE)
     return render_template(
         "admin/audit.html",
-        rows=rows[:AUDIT_PER_PAGE],
+        rows=rows,
         page=page,
-        more=len(rows) > AUDIT_PER_PAGE,
+        more=more,
     )
