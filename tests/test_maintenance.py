@@ -30,7 +30,8 @@ from tests import admin_helpers
 from tests.admin_helpers import completed_job, fresh, text
 from tests.factories import make_attachment, make_job
 from worker.context import use_app
-from worker.maintenance_tasks import next_run, run_maintenance, schedule_maintenance
+from worker.schedule import next_run, schedule_maintenance
+from worker.tasks import run_maintenance
 
 admin_user = admin_helpers.admin_user
 admin_client = admin_helpers.admin_client

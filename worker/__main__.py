@@ -9,8 +9,7 @@ from rq import Worker
 
 from storefront import create_app
 from storefront.queues import DEFAULT_QUEUE, UPSCALE_QUEUE
-from worker.maintenance_tasks import schedule_maintenance
-from worker.tasks import schedule_sweep
+from worker.schedule import schedule_maintenance, schedule_sweep
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 
-from rq import Queue
-from rq.exceptions import DuplicateJobError
-
 from worker.context import task_context
+from worker.schedule import schedule_maintenance, schedule_sweep
 
 log = logging.getLogger("smi.worker")
 
@@ -48,25 +45,12 @@ def sweep() -> str:
             schedule_sweep(app.config["REDIS_URL"], int(app.config["SWEEP_INTERVAL_SECONDS"]))
 
 
-def schedule_sweep(redis_url: str, interval: int) -> bool:
-    """Schedule the next sweep in RQ's scheduler, once per time slot whatever the worker count."""
-    from redis import Redis
+def run_maintenance() -> str:
+    """Run the day's maintenance (with the settings saved in the admin), then schedule the next."""
+    from storefront.maintenance.operations import run_scheduled
 
-    from storefront.queues import DEFAULT_QUEUE
-
-    slot = int(dt.datetime.now(dt.UTC).timestamp()) // interval + 1
-    connection = Redis.from_url(redis_url)
-    try:
-        Queue(DEFAULT_QUEUE, connection=connection).enqueue_at(
-            dt.datetime.fromtimestamp(slot * interval, dt.UTC),
-            sweep,
-            job_id=f"sweep-{slot}",
-            unique=True,
-            job_timeout=600,
-            result_ttl=3600,
-        )
-    except DuplicateJobError:
-        return False
-    finally:
-        connection.close()
-    return True
+    with task_context() as app:
+        try:
+            return "; ".join(report.summary() for report in run_scheduled())
+        finally:
+            schedule_maintenance(app.config["REDIS_URL"], app.config["MAINTENANCE_AT"])

@@ -1,8 +1,9 @@
-"""The daily maintenance run in RQ's scheduler: expired files, leftovers, and the archive.
+"""The periodic work in RQ's scheduler: the sweeper every SWEEP_INTERVAL_SECONDS, and the daily
+maintenance at MAINTENANCE_AT (UTC, default 03:30; `off` turns it off).
 
-One run a day at MAINTENANCE_AT (UTC, default 03:30; `off` turns it off). Each run schedules the
-next, and every worker schedules the next at start; the RQ job id names the day, so however many
-workers there are, a day has one run. Without the scheduler, cron can run the same command:
+Every worker schedules the next runs when it starts, and each run schedules the next. The RQ job id
+names the time slot (or the day), so however many workers there are, a slot has one run. Without
+the scheduler, cron can run the same maintenance:
 `30 3 * * * cd /srv/smi && .venv/bin/flask --app wsgi smi maintenance`.
 """
 
@@ -16,9 +17,28 @@ from rq import Queue
 from rq.exceptions import DuplicateJobError
 
 from storefront.queues import DEFAULT_QUEUE
-from worker.context import task_context
 
 log = logging.getLogger("smi.worker")
+
+
+def schedule_sweep(redis_url: str, interval: int) -> bool:
+    """Schedule the next sweep in RQ's scheduler, once per time slot whatever the worker count."""
+    slot = int(dt.datetime.now(dt.UTC).timestamp()) // interval + 1
+    connection = Redis.from_url(redis_url)
+    try:
+        Queue(DEFAULT_QUEUE, connection=connection).enqueue_at(
+            dt.datetime.fromtimestamp(slot * interval, dt.UTC),
+            "worker.tasks.sweep",
+            job_id=f"sweep-{slot}",
+            unique=True,
+            job_timeout=600,
+            result_ttl=3600,
+        )
+    except DuplicateJobError:
+        return False
+    finally:
+        connection.close()
+    return True
 
 
 def next_run(at: str, now: dt.datetime | None = None) -> dt.datetime:
@@ -40,7 +60,7 @@ def schedule_maintenance(redis_url: str, at: str, now: dt.datetime | None = None
     try:
         Queue(DEFAULT_QUEUE, connection=connection).enqueue_at(
             run_at,
-            run_maintenance,
+            "worker.tasks.run_maintenance",
             job_id=f"maintenance-{run_at:%Y-%m-%d}",
             unique=True,
             job_timeout=3600,
@@ -53,14 +73,3 @@ def schedule_maintenance(redis_url: str, at: str, now: dt.datetime | None = None
         connection.close()
     log.info("maintenance scheduled for %s", run_at.isoformat())
     return True
-
-
-def run_maintenance() -> str:
-    """Run the day's maintenance (with the settings saved in the admin), then schedule the next."""
-    from storefront.maintenance.operations import run_scheduled
-
-    with task_context() as app:
-        try:
-            return "; ".join(report.summary() for report in run_scheduled())
-        finally:
-            schedule_maintenance(app.config["REDIS_URL"], app.config["MAINTENANCE_AT"])
