@@ -12,10 +12,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
+from devservers.smtp_sink import SinkHandler
 from storefront import create_app, settings
 from storefront.catalog.library import preview_path
 from storefront.extensions import db
-from storefront.jobs.emails import sender
+from storefront.jobs.emails import deliver, sender
 from storefront.models import AdminAction, AppSetting, Attachment, Post
 from storefront.storage import resolve
 from tests import admin_helpers
@@ -314,6 +315,16 @@ def test_reset_brings_back_the_environment_value(app: Flask, admin_client: Flask
     assert settings.get("DOWNLOAD_MAX_COUNT") == 10
     assert sender() == "Sell My Images <shop@localhost>"
     assert len(_audit("setting_reset")) == 2
+
+
+def test_emails_come_from_the_sender_name_saved_in_the_admin(
+    app: Flask, admin_client: FlaskClient, smtp_sink: SinkHandler
+) -> None:
+    job = completed_job(app)
+    admin_client.post("/admin/settings", data=_form(MAIL_SENDER_NAME="Ana's Prints"))
+    assert deliver("paid", job.job_id) == "sent"
+    (message,) = smtp_sink.wait_for(1)
+    assert message["From"] == "Ana's Prints <shop@localhost>"
 
 
 def test_other_processes_pick_up_a_change_and_only_reload_when_it_changed(

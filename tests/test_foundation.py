@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 from sqlalchemy import func, select
 
+from storefront import create_app
 from storefront.catalog.library import DEMO_POSTS
-from storefront.config import ConfigError, load_settings
+from storefront.config import SETTINGS, ConfigError, environment, load_settings
 from storefront.extensions import db
 from storefront.models import Attachment, Post
 from tests.factories import make_attachment
@@ -131,6 +133,29 @@ def test_environment_overrides_defaults_and_ranges_are_checked(tmp_path) -> None
     assert str(settings["MARKUP_PERCENT"]) == "150" and settings["CURRENCY"] == "eur"
     with pytest.raises(ConfigError, match="DOWNLOAD_EXPIRY_HOURS"):
         load_settings(tmp_path, environ={"DOWNLOAD_EXPIRY_HOURS": "500"})
+
+
+def test_a_test_app_takes_only_its_own_configuration(
+    app_config: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A developer's environment (or .env) must not leak into an app built with a mapping.
+    monkeypatch.setenv("MARKUP_PERCENT", "999")
+    monkeypatch.setenv("DOWNLOAD_MAX_COUNT", "77")
+    built = create_app(app_config)
+    assert built.config["MARKUP_PERCENT"] == Decimal("200")
+    assert built.config["DOWNLOAD_MAX_COUNT"] == 10
+    assert load_settings(".", environ=environment())["DOWNLOAD_MAX_COUNT"] == 77
+
+
+def test_every_setting_is_declared_once_with_a_valid_default(tmp_path) -> None:
+    names = [setting.name for setting in SETTINGS]
+    assert len(names) == len(set(names))
+    defaults = load_settings(tmp_path, environ={})
+    assert set(names) <= set(defaults)
+    assert defaults["MAIL_SENDER_NAME"] == "Sell My Images"
+    assert defaults["ARCHIVE_DIR"] == str(tmp_path / "archives")
+    with pytest.raises(ConfigError, match="MAINTENANCE_AT"):
+        load_settings(tmp_path, environ={"MAINTENANCE_AT": "25:00"})
 
 
 def test_image_page_shows_both_resolutions_with_sizes(
