@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import email
 import email.policy
+import socket
 import threading
 import time
-from collections.abc import Callable
+from asyncio import AbstractServer
+from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -92,22 +94,39 @@ def html_of(message: EmailMessage) -> str:
     return body.get_content() if body is not None else ""
 
 
+class SinkController(Controller):
+    """aiosmtpd's threaded controller on a socket bound here: port 0 takes a free port, and
+    `port` says which one."""
+
+    def __init__(self, handler: SinkHandler, host: str, port: int) -> None:
+        super().__init__(handler, hostname=host, port=port)
+        family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)[0][0]
+        self._listener = socket.create_server((host, port), family=family)
+        self.port = int(self._listener.getsockname()[1])
+
+    def _create_server(self) -> Awaitable[AbstractServer]:
+        return self.loop.create_server(
+            self._factory_invoker, sock=self._listener, ssl=self.ssl_context
+        )
+
+    def close_listener(self) -> None:
+        """Release the port of a controller that never started (a started one closes it)."""
+        self._listener.close()
+
+
 def start_sink(
     host: str = "127.0.0.1", port: int = 0, save_dir: Path | None = None, echo: bool = False
 ) -> tuple[Controller, SinkHandler]:
-    """Start a sink in a background thread; stop it with `controller.stop()`."""
+    """Start a sink in a background thread (port 0: a free one, read back from
+    `controller.port`); stop it with `controller.stop()`."""
     handler = SinkHandler(save_dir=save_dir, echo=echo)
-    controller = Controller(handler, hostname=host, port=port or _free_port(host))
-    controller.start()
+    controller = SinkController(handler, host, port)
+    try:
+        controller.start()
+    except BaseException:
+        controller.close_listener()
+        raise
     return controller, handler
-
-
-def _free_port(host: str) -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -118,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--save-dir", type=Path, default=Path("instance/mail"))
     args = parser.parse_args(argv)
     controller, _handler = start_sink(args.host, args.port, args.save_dir, echo=True)
-    print(f"SMTP sink on {args.host}:{args.port}, saving to {args.save_dir}", flush=True)
+    print(f"SMTP sink on {args.host}:{controller.port}, saving to {args.save_dir}", flush=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

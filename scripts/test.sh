@@ -1,14 +1,11 @@
 #!/usr/bin/env bash
-# The whole test suite: lint, types, pytest on SQLite, then the schema tests on a throwaway PostgreSQL.
+# The whole test suite: lint, types, import contracts, pytest on SQLite, then the schema and
+# money-path tests on a throwaway PostgreSQL. `scripts/test-fast.sh` is the everyday lane.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=.venv/bin
 
-echo "== ruff"
-"$bin/ruff" check .
-"$bin/ruff" format --check .
-echo "== mypy"
-"$bin/mypy" storefront worker
+bash scripts/lint.sh
 echo "== pytest (SQLite)"
 "$bin/pytest" "$@"
 
@@ -19,7 +16,6 @@ if [ -z "$pg_bin" ]; then
   exit 1
 fi
 pg_dir="$(mktemp -d /tmp/smi-pg.XXXXXX)"
-pg_port="$("$bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 as_pg=()
 if [ "$(id -u)" -eq 0 ]; then
   chown postgres "$pg_dir"
@@ -31,10 +27,13 @@ cleanup() {
 }
 trap cleanup EXIT
 "${as_pg[@]}" "$pg_bin/initdb" -D "$pg_dir/data" -U smi --auth=trust >/dev/null
+# A unix socket in its own folder and no TCP port at all: nothing to pick, nothing to race for.
 "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/log" -w \
-  -o "-p $pg_port -k $pg_dir -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
-"${as_pg[@]}" "$pg_bin/createdb" -h 127.0.0.1 -p "$pg_port" -U smi smi_test
-SMI_TEST_DATABASE_URL="postgresql://smi@127.0.0.1:$pg_port/smi_test" \
+  -o "-k $pg_dir -c listen_addresses='' -c fsync=off" start >/dev/null
+"${as_pg[@]}" "$pg_bin/createdb" -h "$pg_dir" -U smi smi_test
+SMI_TEST_DATABASE_URL="postgresql://smi@/smi_test?host=$pg_dir" \
   "$bin/pytest" -p no:cacheprovider tests/test_schema.py tests/test_foundation.py \
   tests/test_checkout.py tests/test_webhooks.py tests/test_orders.py \
-  tests/test_admin_jobs.py tests/test_admin_dashboard.py tests/test_maintenance.py
+  tests/test_admin_jobs.py tests/test_admin_dashboard.py tests/test_maintenance.py \
+  tests/test_outcomes.py tests/test_payment_integrity.py tests/test_download_limits.py \
+  tests/test_outbox.py tests/test_rate_limits.py tests/test_admin_hardening.py

@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 from sqlalchemy import event
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from storefront.config import PROJECT_ROOT, environment, load_settings
 
@@ -31,7 +34,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     environ = environment() if config is None else {}
     app.config.update(load_settings(app.instance_path, config, environ))
+    _trust_proxies(app)
     _configure_logging(app)
+    _install_security(app)  # before the extensions' hooks, which read bodies
     _init_extensions(app)
     _register_blueprints(app)
     _register_error_handlers(app)
@@ -70,6 +75,41 @@ def _init_extensions(app: Flask) -> None:
     migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"))
     mail.init_app(app)
     csrf.init_app(app)
+    _init_limiter(app)
+
+
+def _trust_proxies(app: Flask) -> None:
+    """Believe X-Forwarded-For, -Proto and -Host from TRUSTED_PROXY_HOPS proxies, from no one else.
+
+    With 0 hops they are ignored, so a client cannot pass for another address.
+    """
+    hops = int(app.config["TRUSTED_PROXY_HOPS"])
+    if hops:
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops
+        )
+
+
+def _init_limiter(app: Flask) -> None:
+    """Rate limits count in the app's Redis, and in memory while it is unreachable."""
+    from storefront.extensions import limiter
+
+    url = str(app.config["REDIS_URL"])
+    # The limits library spells a Redis unix socket `redis+unix://`.
+    app.config.setdefault(
+        "RATELIMIT_STORAGE_URI", "redis+" + url if url.startswith("unix://") else url
+    )
+    # Like the app's own Redis client: a request must not hang on Redis.
+    app.config.setdefault(
+        "RATELIMIT_STORAGE_OPTIONS",
+        {
+            "key_prefix": "smi:limits",
+            "socket_connect_timeout": 1,
+            "socket_timeout": 2,
+            "retry": Retry(ExponentialBackoff(cap=0.5), 1),
+        },
+    )
+    limiter.init_app(app)
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:
@@ -104,6 +144,13 @@ def _register_error_handlers(app: Flask) -> None:
     from storefront.web.errors import register_error_handlers
 
     register_error_handlers(app)
+
+
+def _install_security(app: Flask) -> None:
+    """Security headers on every response; request body limits per endpoint."""
+    from storefront.web import security
+
+    security.install(app)
 
 
 def _register_cli(app: Flask) -> None:

@@ -9,7 +9,7 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from storefront.accounts.admins import AccountError, create_admin
+from storefront.accounts.admins import AccountError, create_admin, unlock_admin
 from storefront.catalog.library import seed_demo
 from storefront.formatting import format_money
 from storefront.jobs.state import get_job
@@ -77,7 +77,7 @@ def requeue_command(job_id: str) -> None:
 @click.argument("job_id")
 @with_appcontext
 def resend_command(job_id: str) -> None:
-    """Email the buyer a fresh download link (a new token and expiry; the old link stops)."""
+    """Email the buyer a fresh download link (the old link works until the new one is sent)."""
     from storefront.jobs.delivery import resend_link
 
     job = _job_or_fail(job_id)
@@ -109,6 +109,20 @@ def create_admin_command(email: str, name: str, password: str, reset_password: b
         raise click.ClickException(str(exc)) from exc
     verb = "Password set for" if reset_password else "Admin created:"
     click.echo(f"{verb} {user.email} ({user.name}).")
+
+
+@smi.command("unlock-admin")
+@click.option("--email", required=True, help="The admin whose failed sign-ins to forget.")
+@click.option("--address", default=None, help="Also clear this IP address's failures and lock.")
+@with_appcontext
+def unlock_admin_command(email: str, address: str | None) -> None:
+    """Clear an admin's failed sign-ins and, with --address, an address's and its lock."""
+    try:
+        unlocked = unlock_admin(email, address, actor="cli")
+    except AccountError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for line in unlocked.lines():
+        click.echo(line)
 
 
 def _echo_report(report: Report) -> None:

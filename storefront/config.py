@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dotenv import dotenv_values
+from limits import parse_many
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,6 +58,15 @@ def _sender_name(raw: str) -> str:
     value = raw.strip()
     if not value or len(value) > 100 or any(ch in value for ch in '<>"\r\n'):
         raise ValueError('a name of 1 to 100 characters, without < > " or line breaks')
+    return value
+
+
+def _rate_limits(raw: str) -> str:
+    value = raw.strip()
+    try:
+        parse_many(value)
+    except ValueError as exc:
+        raise ValueError(f"expected limits such as 10/minute;30/hour, got {raw!r}") from exc
     return value
 
 
@@ -130,6 +140,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DOWNLOAD_ACCEL_PREFIX", str, "", help="hand files to nginx under this prefix"),
     Setting("DISPLAY_TIMEZONE", str, "UTC", help="time zone of times shown to buyers"),
     Setting("RESEND_PER_HOUR", int, 5, 1, 1000, help="fresh-link requests per address per hour"),
+    Setting(
+        "CHECKOUT_RATE_LIMIT",
+        _rate_limits,
+        "10/minute;30/hour",
+        help="Buy presses allowed per client address (Flask-Limiter syntax)",
+    ),
+    Setting("TRUSTED_PROXY_HOPS", int, 0, 0, 5, help="proxies whose X-Forwarded-* are believed"),
     Setting("MAIL_SERVER", str, "127.0.0.1"),
     Setting("MAIL_PORT", int, 8025, 1, 65535),
     Setting("MAIL_USE_TLS", _bool, False),

@@ -1,5 +1,8 @@
 """Extension instances, initialised in the app factory."""
 
+import flask_limiter
+from flask import Flask
+from flask_limiter.util import get_remote_address
 from flask_mail import Mail
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
@@ -27,3 +30,18 @@ db = SQLAlchemy(model_class=Base)
 migrate = Migrate()
 mail = Mail()
 csrf = CSRFProtect()
+
+
+class Limiter(flask_limiter.Limiter):
+    """Flask-Limiter's limiter. Its storage is the last initialised app's (one app per process;
+    tests build one after another), and each app starts with its storage taken as reachable."""
+
+    def init_app(self, app: Flask) -> None:
+        """Count in `app`'s storage (RATELIMIT_STORAGE_URI), forgetting an earlier app's outage."""
+        self._storage_dead = False
+        super().init_app(app)
+
+
+# Limits count per client address (`request.remote_addr`, which ProxyFix corrects behind trusted
+# proxies). While the storage is unreachable they count in this process's memory, never not at all.
+limiter = Limiter(key_func=get_remote_address, in_memory_fallback_enabled=True)

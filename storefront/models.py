@@ -153,8 +153,13 @@ class Job(db.Model):  # type: ignore[name-defined]
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     error_message: Mapped[str | None] = mapped_column(Text)
     download_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Bytes of the file served under the link; download_count is this ÷ the file's size, rounded up.
+    download_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     upscaled_file_size: Mapped[int | None] = mapped_column(BigInteger)
     disputed_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    # The job's one submission to Upsampler in this run: opened (and committed) before the call.
+    upsampler_submission_key: Mapped[str | None] = mapped_column(String(64))
+    upsampler_submitted_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
 
     post: Mapped[Post] = relationship()
     attachment: Mapped[Attachment | None] = relationship()
@@ -235,6 +240,25 @@ class DownloadLog(db.Model):  # type: ignore[name-defined]
     bytes_sent: Mapped[int] = mapped_column(BigInteger, default=0)
     counted: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+
+
+class EmailOutbox(db.Model):  # type: ignore[name-defined]
+    """An email a job needs, written in the transaction of the change that needs it; handed to RQ
+    after the commit, sent once by a worker, handed over again by the sweeper until it is."""
+
+    __tablename__ = "email_outbox"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(30))
+    job_id: Mapped[str] = mapped_column(String(255), index=True)
+    # `<kind>-<job id>` for an email a job gets once; NULL for one it may get again (fresh links).
+    once_key: Mapped[str | None] = mapped_column(String(300), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    handed_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    handovers: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # When the worker was done with it, and how: "sent", or why nothing was sent.
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, index=True)
+    outcome: Mapped[str | None] = mapped_column(String(200))
 
 
 # The admin area: its accounts, sign-in throttling, settings and audit log.

@@ -7,6 +7,7 @@ import html
 import re
 from collections.abc import Iterator
 from decimal import Decimal
+from functools import cache
 from typing import Any
 
 import pytest
@@ -33,13 +34,19 @@ def text(response: Any) -> str:
     return html.unescape(response.get_data(as_text=True))
 
 
+@cache
+def password_hash(password: str) -> str:
+    """The app's hash of a test password, made once per run (scrypt takes 0.1 s a time)."""
+    from storefront.accounts.admins import hash_password
+
+    return hash_password(password)
+
+
 def make_admin(
     email: str = ADMIN_EMAIL, password: str = ADMIN_PASSWORD, name: str = ADMIN_NAME
 ) -> AdminUser:
     """An admin account, committed."""
-    from storefront.accounts.admins import hash_password
-
-    user = AdminUser(email=email, name=name, password_hash=hash_password(password))
+    user = AdminUser(email=email, name=name, password_hash=password_hash(password))
     db.session.add(user)
     db.session.commit()
     return user

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
+import selectors
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,8 +18,11 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from rq.job import Job, JobStatus
 from werkzeug.serving import make_server
 
+from devservers.common import ServerThread
 from devservers.smtp_sink import SinkHandler, start_sink
 from devservers.stripe_local import LocalStripe
 from devservers.stripe_local import start_server as start_stripe
@@ -28,42 +31,48 @@ from storefront.extensions import db
 
 # Set SMI_TEST_DATABASE_URL to run the suite against PostgreSQL instead of SQLite files.
 POSTGRES_URL = os.environ.get("SMI_TEST_DATABASE_URL", "")
+RQ_ENDED = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float = 10.0) -> None:
-    """Wait until something accepts connections on a loopback port."""
+def wait_for_redis(url: str, process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """Wait until the redis-server `process` answers PING at `url`."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+    client = Redis.from_url(url, socket_connect_timeout=0.2)
+    try:
+        while True:
+            try:
+                client.ping()
                 return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
+            except RedisConnectionError:
+                if process.poll() is not None:
+                    raise RuntimeError(f"redis-server exited with {process.returncode}") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server does not answer after {timeout}s") from None
+                time.sleep(0.05)
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real redis-server on a free loopback port, without persistence; yields its URL."""
+    """A real redis-server on a unix socket, without persistence; yields its URL.
+
+    A socket file, not a TCP port: redis-server cannot bind port 0 and say which port it got.
+    """
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
+    socket_path = workdir / "redis.sock"
     process = subprocess.Popen(
         [
             binary,
             "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
+            "0",
+            "--unixsocket",
+            str(socket_path),
+            "--unixsocketperm",
+            "700",
             "--save",
             "",
             "--appendonly",
@@ -74,9 +83,10 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    url = f"unix://{socket_path}?db=0"
     try:
-        wait_for_port(port)
-        yield f"redis://127.0.0.1:{port}/0"
+        wait_for_redis(url, process)
+        yield url
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -222,21 +232,56 @@ class LiveApp:
 
 @pytest.fixture
 def live_app(app: Flask, stripe_local: LocalStripe) -> Iterator[LiveApp]:
-    """Serve `app` from a thread; Stripe's webhooks are delivered to it."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    """Serve `app` from a thread on a port the kernel picks; Stripe's webhooks go to it."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    url = f"http://127.0.0.1:{server.port}"
     app.config["PUBLIC_BASE_URL"] = url
-    server = make_server("127.0.0.1", port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    serving = ServerThread(server, name="live-app")
+    serving.start()
     stripe_local.set_webhook(f"{url}/webhooks/stripe", "whsec_test_secret")
     try:
         yield LiveApp(app, url)
     finally:
-        stripe_local.set_webhook(None, None)  # type: ignore[arg-type]
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+        stripe_local.set_webhook(None, None)
+        serving.stop()
+
+
+def read_listening_url(process: subprocess.Popen[Any], timeout: float = 10.0) -> tuple[str, bytes]:
+    """Read a server process's output until it logs `listening on <url>`; return the URL and
+    the output read so far (the rest is left for `communicate()`)."""
+    assert process.stdout is not None
+    fd = process.stdout.fileno()
+    output = b""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while (found := re.search(rb"listening on (http://[^\s;,]+)[^\n]*\n", output)) is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not selector.select(remaining):
+                raise AssertionError(f"no 'listening on' line within {timeout}s: {output!r}")
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise AssertionError(f"the server exited before listening: {output!r}")
+            output += chunk
+    return found.group(1).decode(), output
+
+
+def rq_jobs_ended(redis_url: str, shop_job_id: str) -> bool:
+    """Whether every RQ job about a shop job (named in its RQ id or arguments) has ended.
+
+    Jobs are found by their Redis records, not through queues and registries: a worker pops a
+    job from its queue before it registers it as started, and in between only the job's own
+    record ("queued") shows that it is still to run.
+    """
+    prefix = Job.redis_job_namespace_prefix
+    connection = Redis.from_url(redis_url)
+    try:
+        ids = [key.decode().removeprefix(prefix) for key in connection.scan_iter(f"{prefix}*")]
+        jobs = Job.fetch_many([i for i in ids if ":" not in i], connection=connection)
+        about = [j for j in jobs if j and (shop_job_id in j.id or shop_job_id in j.args)]
+        return all(job.get_status() in RQ_ENDED for job in about)
+    finally:
+        connection.close()
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.1) -> Any:

@@ -90,14 +90,14 @@ def test_repeated_failures_slow_sign_in_down(app: Flask, admin_user: AdminUser) 
     assert db.session.scalars(select(SignInThrottle)).all() == []
 
 
-def test_many_failures_lock_the_account_for_a_while(app: Flask, admin_user: AdminUser) -> None:
+def test_many_failures_lock_the_address_for_a_while(app: Flask, admin_user: AdminUser) -> None:
     app.config.update(ADMIN_LOGIN_DELAY_SECONDS=0, ADMIN_LOGIN_LOCK_AFTER=4)
     client = app.test_client()
     statuses = [sign_in(client, ADMIN_EMAIL, f"guess {n}").status_code for n in range(4)]
     assert statuses == [401, 401, 401, 429]
     locked = sign_in(client)
     assert locked.status_code == 429
-    assert "locked for this account" in text(locked)
+    assert "locked for this address" in text(locked)
     assert "15 minutes" in text(locked)
     assert client.get("/admin/").status_code == 302
     assert db.session.scalar(select(AdminAction).where(AdminAction.action == "sign_in_locked"))

@@ -237,6 +237,8 @@ def test_shown_price_unit_amount_and_amount_charged_agree(
 ) -> None:
     app.config.update(MARKUP_PERCENT=markup, COST_PER_CREDIT=cost_per_credit)
     app.config["MAX_OUTPUT_MEGAPIXELS"] = 2000
+    # Every example buys from the same client address: more than CHECKOUT_RATE_LIMIT allows.
+    app.config["CHECKOUT_RATE_LIMIT"] = "1000/minute"
     attachment = make_attachment(app, width=width, height=height)
     db.session.commit()
     page = client.get(f"/images/{attachment.id}").get_data(as_text=True)

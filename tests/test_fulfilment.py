@@ -89,10 +89,14 @@ def test_pay_then_one_ready_email_then_landing_page_then_the_file(
     smtp_sink: SinkHandler,
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
+    from tests.conftest import rq_jobs_ended
+
     start_worker()
     job = _buy_and_pay(live_app, stripe_local)
     url, token = _ready_link(smtp_sink)
     done = wait_until(lambda: (j := _fresh(job.job_id)).email_sent and j, timeout=20)
+    # "One ready email" holds once every task of the job has ended, not just the first mail.
+    wait_until(lambda: rq_jobs_ended(live_app.app.config["REDIS_URL"], job.job_id), timeout=30)
     assert done.status == "completed" and done.completed_at is not None
     assert done.download_token != token and len(done.download_token or "") == 64
     paid_mails = smtp_sink.wait_for(1, where=lambda m: "Payment received" in str(m["Subject"]))
@@ -126,8 +130,13 @@ def test_pay_then_one_ready_email_then_landing_page_then_the_file(
     assert _fresh(job.job_id).download_count == 2
     beyond = requests.get(f"{url}/file", headers={"Range": "bytes=99999999-"}, timeout=10)
     assert beyond.status_code == 416
-    logged = db.session.scalars(select(DownloadLog).where(DownloadLog.job_id == job.job_id)).all()
+    # Each response is logged as it closes, with the bytes it sent.
+    query = select(DownloadLog).where(DownloadLog.job_id == job.job_id).order_by(DownloadLog.id)
+    wait_until(lambda: len(db.session.scalars(query).all()) == 3)
+    logged = db.session.scalars(query.execution_options(populate_existing=True)).all()
     assert [entry.counted for entry in logged] == [True, True, False]
+    assert [entry.bytes_sent for entry in logged] == [len(whole.content), 100, len(rest.content)]
+    assert _fresh(job.job_id).download_bytes == 2 * len(whole.content)
 
 
 def test_expired_link_answers_410_and_the_resend_form_brings_a_working_one(
@@ -170,6 +179,9 @@ def test_resend_answers_the_same_when_nothing_matches(live_app: LiveApp, smtp_si
     )
     assert answer.status_code == 200 and "a fresh link is on its way" in answer.text
     assert smtp_sink.messages == []
+    # No worker runs here: a mail on its way would be a job waiting on the queue.
+    queue = Queue("default", connection=Redis.from_url(live_app.app.config["REDIS_URL"]))
+    assert queue.is_empty()
 
 
 def test_smtp_refusal_then_acceptance_sends_once_and_upscales_once(
@@ -178,12 +190,15 @@ def test_smtp_refusal_then_acceptance_sends_once_and_upscales_once(
     smtp_sink: SinkHandler,
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
+    from tests.conftest import rq_jobs_ended
+
     smtp_sink.refuse_next = 2
     start_worker()
     job = _buy_and_pay(live_app, stripe_local)
     _ready_link(smtp_sink)
     wait_until(lambda: _fresh(job.job_id).email_sent, timeout=40)
-    smtp_sink.wait_for(2, timeout=30)
+    # Count once every task of the job, refused mails' retries included, has ended.
+    wait_until(lambda: rq_jobs_ended(live_app.app.config["REDIS_URL"], job.job_id), timeout=40)
     assert len(_mails(smtp_sink, "ready")) == 1
     assert len(_mails(smtp_sink, "Payment received")) == 1
     assert _events(job.job_id, "processing") == 1
@@ -196,15 +211,21 @@ def test_enqueued_twice_is_processed_once(
     smtp_sink: SinkHandler,
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
+    from tests.conftest import rq_jobs_ended
+
     job = _buy_and_pay(live_app, stripe_local)
     wait_until(lambda: _fresh(job.job_id).status == "pending")
-    queue = Queue("upscale", connection=Redis.from_url(live_app.app.config["REDIS_URL"]))
+    redis_url = live_app.app.config["REDIS_URL"]
+    queue = Queue("upscale", connection=Redis.from_url(redis_url))
     queue.enqueue("worker.tasks.process_job", job.job_id)  # a stray duplicate, under another id
     queue.enqueue("worker.tasks.process_job", job.job_id)
     start_worker()
     start_worker()
     _ready_link(smtp_sink)
-    wait_until(lambda: queue.count == 0 and _fresh(job.job_id).email_sent, timeout=30)
+    # An empty queue is not enough: a worker may still be running a duplicate it took.
+    wait_until(
+        lambda: _fresh(job.job_id).email_sent and rq_jobs_ended(redis_url, job.job_id), timeout=30
+    )
     assert _events(job.job_id, "processing") == 1
     assert _events(job.job_id, "completed") == 1
     assert len(_mails(smtp_sink, "ready")) == 1

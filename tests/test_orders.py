@@ -53,9 +53,12 @@ def test_returning_from_stripe_before_the_webhook_fulfils_once(
     session = stripe_local.pay(job.stripe_checkout_session_id)  # no webhook URL: none arrives
     other_browser = app.test_client()
     url = f"/orders/{job.job_id}?session_id={session['id']}"
-    first = other_browser.get(url)
-    second = other_browser.get(url)
+    first = other_browser.get(url, follow_redirects=True)
+    second = other_browser.get(url, follow_redirects=True)
     assert first.status_code == second.status_code == 200
+    # Each time on to the page's address without the session id (303).
+    assert [r.status_code for r in (*first.history, *second.history)] == [303, 303]
+    assert second.request.path == f"/orders/{job.job_id}" and not second.request.query_string
     assert "Paid: in the queue" in second.get_data(as_text=True)
     db.session.expire_all()
     paid = db.session.scalars(select(Job)).one()
@@ -84,7 +87,8 @@ def test_status_json_follows_the_job_and_never_holds_a_link(
     state = response.json
     assert state["headline"] == "Ready: check your email" and state["final"] is True
     assert [step["state"] for step in state["steps"]] == ["done", "done", "done"]
-    page = client.get(f"/orders/{job.job_id}?session_id=cs_test_known").get_data(as_text=True)
+    back = client.get(f"/orders/{job.job_id}?session_id=cs_test_known", follow_redirects=True)
+    page = back.get_data(as_text=True)
     assert not re.search(r"/download/[0-9a-f]{64}", page)
     assert "a" * 64 not in page and "file.jpg" not in page
     assert "fresh link" in page  # only the form that emails one to the order's address

@@ -39,6 +39,8 @@ class WebhookReceiver:
     """A tiny webhook endpoint in a thread: records each POST, answers scripted statuses."""
 
     def __init__(self) -> None:
+        from devservers.common import ServerThread
+
         self.received: list[tuple[bytes, str]] = []
         self._statuses: deque[int] = deque()
         self._cond = threading.Condition()
@@ -46,10 +48,8 @@ class WebhookReceiver:
             "127.0.0.1", 0, self._app, threaded=True, request_handler=_QuietHandler
         )
         self.url = f"http://127.0.0.1:{self._server.port}/webhooks/stripe"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        self._serving = ServerThread(self._server, name="webhook-receiver")
+        self._serving.start()
 
     def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         request = Request(environ)
@@ -79,9 +79,7 @@ class WebhookReceiver:
 
     def close(self) -> None:
         """Stop the endpoint."""
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+        self._serving.stop()
 
 
 @pytest.fixture
@@ -593,21 +591,23 @@ def test_a_failed_delivery_is_retried_until_the_endpoint_answers_2xx(
 
 
 def test_an_unreachable_endpoint_is_retried_up_to_max_attempts() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        dead_url = f"http://127.0.0.1:{probe.getsockname()[1]}/hook"
-    with start_server(
-        webhook_url=dead_url, webhook_secret=WEBHOOK_SECRET, retry_scale=0.01, max_attempts=3
-    ) as local:
-        sdk, http_client = make_client(local.url)
-        try:
-            session = sdk.v1.checkout.sessions.create(params=session_params())
-        finally:
-            http_client.close()
-        local.expire(session.id)
+    # Bound for the whole test and never listening: connections to it are refused, and nobody
+    # else can start listening there meanwhile.
+    with socket.socket() as dead:
+        dead.bind(("127.0.0.1", 0))
+        dead_url = f"http://127.0.0.1:{dead.getsockname()[1]}/hook"
+        with start_server(
+            webhook_url=dead_url, webhook_secret=WEBHOOK_SECRET, retry_scale=0.01, max_attempts=3
+        ) as local:
+            sdk, http_client = make_client(local.url)
+            try:
+                session = sdk.v1.checkout.sessions.create(params=session_params())
+            finally:
+                http_client.close()
+            local.expire(session.id)
 
-        assert local.wait_idle(5)
-        attempts = local.deliveries()
+            assert local.wait_idle(5)
+            attempts = local.deliveries()
     assert [(d["attempt"], d["status"], d["ok"]) for d in attempts] == [
         (1, None, False),
         (2, None, False),
@@ -847,14 +847,9 @@ def test_in_process_server_without_a_secret_makes_one_up() -> None:
         assert local.url.startswith("http://127.0.0.1:")
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_command_line_serves_and_never_logs_the_secret() -> None:
-    port = _free_port()
+    from tests.conftest import read_listening_url
+
     secret = "whsec_cli_never_printed"
     env = dict(os.environ, STRIPE_WEBHOOK_SECRET=secret, PYTHONUNBUFFERED="1")
     command = [
@@ -862,7 +857,7 @@ def test_command_line_serves_and_never_logs_the_secret() -> None:
         "-m",
         "devservers.stripe_local",
         "--port",
-        str(port),
+        "0",
         "--webhook-url",
         "http://127.0.0.1:9/hook",
     ]
@@ -875,16 +870,9 @@ def test_command_line_serves_and_never_logs_the_secret() -> None:
         text=True,
     )
     try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 10
+        base, started = read_listening_url(process)
         with requests.Session() as http:
-            while True:
-                try:
-                    health = http.get(f"{base}/_local/health", timeout=1)
-                    break
-                except requests.ConnectionError:
-                    assert time.monotonic() < deadline, "server did not start"
-                    time.sleep(0.05)
+            health = http.get(f"{base}/_local/health", timeout=5)
             config = http.get(f"{base}/_local/webhook").json()
             created = http.post(
                 f"{base}/v1/checkout/sessions",
@@ -900,7 +888,8 @@ def test_command_line_serves_and_never_logs_the_secret() -> None:
             )
     finally:
         process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=10)
+        rest, _ = process.communicate(timeout=10)
+    output = started.decode() + rest
 
     assert health.json() == {"ok": True}
     assert config == {"url": "http://127.0.0.1:9/hook", "secret_set": True}

@@ -69,6 +69,8 @@ class TinyHttp:
     """A werkzeug server in a thread: answers with `handler`, records every request."""
 
     def __init__(self, handler: Callable[[Request], Response]) -> None:
+        from devservers.common import ServerThread
+
         self.handler = handler
         self.received: list[tuple[str, str, dict[str, str], bytes]] = []
         self._cond = threading.Condition()
@@ -77,10 +79,8 @@ class TinyHttp:
         )
         self.port = self._server.port
         self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        self._serving = ServerThread(self._server, name=f"tiny-http-{self.port}")
+        self._serving.start()
 
     def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         request = Request(environ)
@@ -100,9 +100,7 @@ class TinyHttp:
 
     def close(self) -> None:
         """Stop serving."""
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+        self._serving.stop()
 
 
 def _image_host_handler(request: Request) -> Response:
@@ -181,11 +179,15 @@ def finished(client: UpsamplerClient, local: LocalUpsampler, job: UpsamplerJob) 
     return client.status(job.id)
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A loopback port that refuses connections for the whole test: bound, never listening.
+
+    Held rather than picked and closed, so nobody else can start listening there meanwhile.
+    """
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        yield int(sock.getsockname()[1])
 
 
 # ----------------------------------------------------------------------------- round trip
@@ -334,8 +336,10 @@ def test_retries_exhausted_raise_a_transient_error(
     assert local.jobs() == []
 
 
-def test_connection_errors_are_retried_then_transient(sleeps: list[float]) -> None:
-    dead = f"http://127.0.0.1:{free_port()}/api/v1"
+def test_connection_errors_are_retried_then_transient(
+    sleeps: list[float], refused_port: int
+) -> None:
+    dead = f"http://127.0.0.1:{refused_port}/api/v1"
     with UpsamplerClient(API_KEY, dead, max_retries=3, timeout=(1, 1), sleep=sleeps.append) as c:
         with pytest.raises(UpsamplerTransientError, match="network error"):
             c.status("8c1e4b8e-0000-4000-8000-000000000000")
@@ -538,7 +542,9 @@ def test_check_result_url_refuses(url: str) -> None:
         ("http://localhost:8080/r.png", ["localhost"]),  # http allowed on loopback only
         ("http://127.0.0.1:8080/r.png", ["127.0.0.1"]),
         ("http://[::1]:8080/r.png", ["::1"]),
-        ("https://10.0.0.7/r.png", ["10.0.0.7"]),
+        # A listed IP literal must be public: a listed 10.0.0.7 is refused (see
+        # tests/test_upsampler_hardening.py).
+        ("https://93.184.215.14/r.png", ["93.184.215.14"]),
     ],
 )
 def test_check_result_url_accepts(url: str, allowed: list[str]) -> None:
@@ -650,8 +656,8 @@ def test_redirects_are_followed_only_to_allowed_urls(image_host: TinyHttp, tmp_p
     assert written == len(PHOTO) and dest.read_bytes() == PHOTO
 
 
-def test_a_network_error_while_fetching_is_transient(tmp_path: Path) -> None:
-    url = f"http://127.0.0.1:{free_port()}/r.png"
+def test_a_network_error_while_fetching_is_transient(tmp_path: Path, refused_port: int) -> None:
+    url = f"http://127.0.0.1:{refused_port}/r.png"
     with pytest.raises(UpsamplerTransientError, match="network error"):
         fetch_result(
             url, tmp_path / "r.png", allowed_hosts=LOOPBACK, max_bytes=MAX_BYTES, timeout=1
@@ -734,12 +740,15 @@ def test_callbacks_can_be_dropped_swapped_or_lie(
 def test_held_jobs_stay_in_progress_until_released(
     client: UpsamplerClient, local: LocalUpsampler, image_host: TinyHttp
 ) -> None:
+    from tests.conftest import wait_until
+
     local.next_job(hold=True)
     job = submit_photo(client, image_host)
 
-    local.wait_for(job.id, statuses=["IN_PROGRESS"])
+    # Its work done, the job waits for the release, still IN_PROGRESS, the server still busy.
+    wait_until(lambda: local.jobs()[0]["held"], timeout=10)
     assert client.status(job.id).status == "IN_PROGRESS"
-    assert not local.wait_idle(0.1)
+    assert not local.wait_idle(0)
     local.release(job.id)
     assert finished(client, local, job).status == "SUCCESS"
 
@@ -781,7 +790,8 @@ def test_control_endpoints_drive_the_same_state(
 
 
 def test_the_command_line_serves_until_sigterm() -> None:
-    port = free_port()
+    from tests.conftest import read_listening_url
+
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     env.pop("UPSAMPLER_API_KEY", None)
     process = subprocess.Popen(
@@ -790,7 +800,7 @@ def test_the_command_line_serves_until_sigterm() -> None:
             "-m",
             "devservers.upsampler_local",
             "--port",
-            str(port),
+            "0",
             "--api-key",
             API_KEY,
         ],
@@ -800,20 +810,15 @@ def test_the_command_line_serves_until_sigterm() -> None:
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with requests.get(f"http://127.0.0.1:{port}/_local/health", timeout=1) as answer:
-                    assert answer.json() == {"ok": True}
-                    break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline, "the server did not start"
-                time.sleep(0.05)
-        with requests.get(f"http://127.0.0.1:{port}/api/v1/status/x", timeout=2) as unauth:
+        url, started = read_listening_url(process)
+        with requests.get(f"{url}/_local/health", timeout=5) as answer:
+            assert answer.json() == {"ok": True}
+        with requests.get(f"{url}/api/v1/status/x", timeout=2) as unauth:
             assert unauth.status_code == 401
     finally:
         process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=10)
+        rest, _ = process.communicate(timeout=10)
+    output = started + rest
     assert process.returncode == 0
     assert b"listening on" in output and API_KEY.encode() not in output
 

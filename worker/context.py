@@ -19,7 +19,9 @@ def task_app() -> Flask:
     global _app, _app_pid
     if _app is None or _app_pid != os.getpid():
         from storefront import create_app
+        from worker.engines.imaging import restrict_loaders
 
+        restrict_loaders()  # libvips in a worker reads JPEG, PNG and WebP only
         _app = create_app()
         _app_pid = os.getpid()
     return _app

@@ -18,12 +18,12 @@ def process_job(job_id: str) -> str:
         return upscale_job(job_id)
 
 
-def send_job_email(kind: str, job_id: str) -> str:
-    """Send one email about a job (the `default` queue)."""
+def send_job_email(kind: str, job_id: str, outbox_id: str = "") -> str:
+    """Send one email about a job (the `default` queue), the one of outbox row `outbox_id`."""
     from storefront.jobs.emails import deliver
 
     with task_context():
-        return deliver(kind, job_id)
+        return deliver(kind, job_id, outbox_id)
 
 
 def check_upsampler(job_id: str, attempt: str = "0") -> str:

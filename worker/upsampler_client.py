@@ -5,6 +5,8 @@ What is known of the API (public integrations and the service's own page; no for
 * `POST {base}/precise-upscale` with `{"input": {"imageUrl", "inputImageType", "upscaleFactor",
   "globalCreativity", "detail"}, "webhook": url}` and `Authorization: Bearer <key>`; the answer is
   the job object (`id`, a UUID, and `status`).
+  There is no idempotency key, no client reference and no way to list one's jobs: a submission
+  whose answer was lost cannot be found again (only its webhook, which names our job, would say).
 * `GET {base}/status/<id>` answers the job object: `status` is `IN_QUEUE`, `IN_PROGRESS`,
   `SUCCESS` or `FAILED`; on success `imageUrl`, `compressedImageUrl` and `creditCost`; on failure
   `error` (e.g. "Failed to process image due to an internal error. Your credits have been
@@ -15,6 +17,10 @@ The client is tolerant of what it does not know (unknown fields are ignored) and
 what it needs (a missing `id`, an unknown `status`, a SUCCESS without `imageUrl` are errors).
 The API key is sent only in the Authorization header of API calls: never to result hosts, never
 in an exception message, a log line or a repr.
+
+Results are fetched only from listed hosts, and only from public addresses: each host name is
+resolved once, every address it resolves to is checked, and the connection goes to those very
+addresses (the URL keeps the name, for the Host header, SNI and the certificate check).
 """
 
 from __future__ import annotations
@@ -23,9 +29,10 @@ import email.utils
 import ipaddress
 import logging
 import os
+import socket
 import tempfile
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -34,6 +41,12 @@ from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3 import PoolManager
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.util import connection as urllib3_connection
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +60,13 @@ USER_AGENT = "sell-my-images/0.1 (+upsampler client)"
 _CHUNK = 64 * 1024
 _MAX_REDIRECTS = 3
 _MAX_MESSAGE = 300
+# Answers to a submission that say it was turned away before any work: safe to send again.
+_NOT_TAKEN = (429, 503)
 
 Timeout = float | tuple[float, float]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# Resolves a host name for a port to its addresses (socket.getaddrinfo by default).
+Resolver = Callable[[str, int], Sequence[str]]
 
 
 # ----------------------------------------------------------------------------- errors
@@ -70,6 +88,13 @@ class UpsamplerTransientError(UpsamplerError):
     ) -> None:
         super().__init__(message, status_code=status_code)
         self.retry_after = retry_after
+
+
+class UpsamplerOutcomeUnknown(UpsamplerTransientError):
+    """A submission was sent (or may have been) but no answer says what became of it.
+
+    Upsampler has no idempotency key: sending it again could start, and charge, a second job.
+    """
 
 
 class UpsamplerRequestError(UpsamplerError):
@@ -228,9 +253,11 @@ class UpsamplerClient:
 
     429, 5xx, connection errors and timeouts are retried `max_retries` times with exponential
     backoff (`backoff`, 2 x `backoff`, 4 x …; a 429's or 503's `Retry-After` wins), each wait
-    capped at `max_retry_after` seconds; other 4xx answers are never retried. A submission that
-    timed out after it was sent is not retried (Upsampler has no idempotency key, and a second
-    POST could start and charge a second job); it raises `UpsamplerTransientError` at once.
+    capped at `max_retry_after` seconds; other 4xx answers are never retried. A submission is
+    sent again only when it surely never reached Upsampler's work (no connection was made, or a
+    429 or 503 turned it away): Upsampler has no idempotency key, and a second POST could start
+    and charge a second job. A read timeout, a connection broken after sending, or another 5xx
+    raises `UpsamplerOutcomeUnknown` at once.
     """
 
     def __init__(
@@ -374,6 +401,12 @@ class UpsamplerClient:
                 if status_code != 429 and status_code < 500:
                     return self._read(response, method, path)
                 reason = f"HTTP {status_code}"
+                if not idempotent and status_code not in _NOT_TAKEN:
+                    raise UpsamplerOutcomeUnknown(
+                        f"Upsampler answered {method} {path} with {reason}; the job may or may "
+                        "not have been created, so it is not sent again",
+                        status_code=status_code,
+                    )
                 detail = _answer_message(response)
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 return _Failure(
@@ -381,12 +414,17 @@ class UpsamplerClient:
                 )
         except requests.ReadTimeout:
             if not idempotent:
-                raise UpsamplerTransientError(
+                raise UpsamplerOutcomeUnknown(
                     f"Upsampler did not answer {method} {path} in time; the job may or may "
                     "not have been created, so it is not sent again"
                 ) from None
             return _Failure("the read timed out")
         except (requests.ConnectionError, requests.Timeout) as exc:
+            if not idempotent and not _never_sent(exc):
+                raise UpsamplerOutcomeUnknown(
+                    f"the connection broke during {method} {path} ({type(exc).__name__}); the "
+                    "job may or may not have been created, so it is not sent again"
+                ) from None
             return _Failure(f"network error ({type(exc).__name__})")
 
     def _wait(self, attempt: int, retry_after: float | None) -> float:
@@ -440,6 +478,15 @@ class UpsamplerClient:
         return f"<UpsamplerClient {self.base_url}>"
 
 
+def _never_sent(exc: requests.RequestException) -> bool:
+    """Whether a request failed before any byte of it could reach the server."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    # Refused, unreachable, or a name that does not resolve (NameResolutionError is one).
+    return isinstance(reason, NewConnectionError)
+
+
 def _answer_message(response: requests.Response) -> str | None:
     """Return the message of an error answer (`{"error": ...}` or `{"message": ...}`), if any."""
     try:
@@ -485,20 +532,60 @@ def _normalise_host(host: str) -> str:
     return host
 
 
-def host_allowed(host: str, allowed_hosts: Collection[str]) -> bool:
-    """Whether `host` is on the allow-list: a listed name or a subdomain of one; IPs exactly."""
+def _listed_entry(host: str, allowed_hosts: Collection[str]) -> str | None:
+    """The allow-list entry `host` falls under (itself, or a parent name), normalised; or None."""
     host = _normalise_host(host)
     if not host:
-        return False
+        return None
     for entry in allowed_hosts:
         listed = _normalise_host(entry)
         if not listed:
             continue
         if host == listed:
-            return True
+            return listed
         if not _is_ip(listed) and not _is_ip(host) and host.endswith("." + listed):
-            return True
-    return False
+            return listed
+    return None
+
+
+def host_allowed(host: str, allowed_hosts: Collection[str]) -> bool:
+    """Whether `host` is on the allow-list: a listed name or a subdomain of one; IPs exactly."""
+    return _listed_entry(host, allowed_hosts) is not None
+
+
+def address_refusal(address: str, *, loopback_allowed: bool = False) -> str | None:
+    """Why results may not come from IP `address` (None when they may: a public address).
+
+    Refused: private, loopback (unless `loopback_allowed`), link-local, multicast, reserved,
+    unspecified and other non-global addresses, IPv4 and IPv6; an IPv4-mapped IPv6 address is
+    judged as the IPv4 address it maps, and 6to4 and Teredo addresses by the one they carry too.
+    """
+    try:
+        parsed: IPAddress = ipaddress.ip_address(address)
+    except ValueError:
+        return "not an IP address"
+    candidates: list[IPAddress] = [parsed]
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            candidates = [parsed.ipv4_mapped]
+        else:
+            candidates += [a for a in (parsed.sixtofour, (parsed.teredo or (None, None))[1]) if a]
+    for candidate in candidates:
+        if candidate.is_loopback:
+            if loopback_allowed:
+                continue
+            return "a loopback address"
+        for kind, flagged in (
+            ("an unspecified", candidate.is_unspecified),
+            ("a link-local", candidate.is_link_local),
+            ("a multicast", candidate.is_multicast),
+            ("a private", candidate.is_private),
+            ("a reserved", candidate.is_reserved),
+            ("a non-public", not candidate.is_global),
+        ):
+            if flagged:
+                return f"{kind} address"
+    return None
 
 
 def check_result_url(url: str, allowed_hosts: Collection[str]) -> str:
@@ -507,8 +594,9 @@ def check_result_url(url: str, allowed_hosts: Collection[str]) -> str:
     Rules: https only, except plain http to a loopback host (127.0.0.0/8, ::1, localhost); no
     `user@` part; the host (compared lowercase, trailing dot dropped) must be listed in
     `allowed_hosts` or be a subdomain of a listed name (`upsampler.com` admits
-    `cdn.upsampler.com`, never `evilupsampler.com`); an IP-literal host must be listed itself.
-    Loopback relaxes only the scheme, never the list.
+    `cdn.upsampler.com`, never `evilupsampler.com`); an IP-literal host must be listed itself
+    and be public (or loopback, when listed as such). Loopback relaxes only the scheme, never
+    the list. Where a name resolves to is checked when it is fetched (`fetch_result`).
     """
     if not isinstance(url, str) or not url:
         raise UpsamplerResultRejected("result URL is empty")
@@ -533,7 +621,147 @@ def check_result_url(url: str, allowed_hosts: Collection[str]) -> str:
         raise UpsamplerResultRejected("result URL must be https (http only for loopback hosts)")
     if not host_allowed(host, allowed_hosts):
         raise UpsamplerResultRejected(f"result host {host!r} is not on the allow-list")
+    if _is_ip(_normalise_host(host)):
+        _check_addresses(url, [_normalise_host(host)], allowed_hosts)
     return url
+
+
+def resolve_host(host: str, port: int) -> list[str]:
+    """The addresses `host` resolves to (one DNS lookup), in the resolver's order."""
+    found: list[str] = []
+    for family, _type, _proto, _name, sockaddr in socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM
+    ):
+        if family in (socket.AF_INET, socket.AF_INET6) and str(sockaddr[0]) not in found:
+            found.append(str(sockaddr[0]))
+    return found
+
+
+def _check_addresses(url: str, addresses: Sequence[str], allowed_hosts: Collection[str]) -> None:
+    """Refuse `url` unless every address its host resolved to may serve results.
+
+    Loopback is admitted only when the allow-list entry the host falls under is loopback itself
+    (a local Upsampler-compatible server); plain http only ever to loopback.
+    """
+    parts = urlsplit(url)
+    host = _normalise_host(parts.hostname or "")
+    entry = _listed_entry(host, allowed_hosts)
+    loopback_allowed = entry is not None and _is_loopback(entry)
+    if not addresses:
+        raise UpsamplerTransientError(f"result host {host!r} resolves to no address")
+    for address in addresses:
+        refusal = address_refusal(address, loopback_allowed=loopback_allowed)
+        if refusal is None and parts.scheme.lower() == "http" and not _is_loopback(address):
+            refusal = "an address off loopback (plain http is for loopback only)"
+        if refusal is not None:
+            where = f"is {refusal}" if host == address else f"resolves to {refusal} ({address})"
+            raise UpsamplerResultRejected(
+                f"result host {host!r} {where}; results are fetched only from public addresses"
+            )
+
+
+class _PinnedMixin:
+    """A urllib3 connection that connects only to addresses checked beforehand: no DNS lookup
+    of its own, so a second answer (DNS rebinding) can never send it elsewhere."""
+
+    host: str
+    port: int
+    timeout: Any
+    source_address: Any
+    socket_options: Any
+
+    def __init__(self, *args: Any, addresses: Sequence[str] = (), **kwargs: Any) -> None:
+        self._addresses = tuple(addresses)
+        super().__init__(*args, **kwargs)
+
+    def _new_conn(self) -> socket.socket:
+        failure: Exception = NewConnectionError(self, "no checked address to connect to")  # type: ignore[arg-type]
+        for address in self._addresses:
+            try:
+                return urllib3_connection.create_connection(
+                    (address, self.port),
+                    self.timeout,
+                    source_address=self.source_address,
+                    socket_options=self.socket_options,
+                )
+            except TimeoutError as exc:
+                failure = ConnectTimeoutError(self, f"connecting to {address} timed out: {exc}")
+            except OSError as exc:
+                failure = NewConnectionError(self, f"could not connect to {address}: {exc}")  # type: ignore[arg-type]
+        raise failure
+
+
+class _PinnedHTTPConnection(_PinnedMixin, HTTPConnection):
+    """Plain http to checked addresses only."""
+
+
+class _PinnedHTTPSConnection(_PinnedMixin, HTTPSConnection):
+    """https to checked addresses only; SNI and the certificate check use the URL's name."""
+
+
+class _PinnedPoolManager(PoolManager):
+    """Gives each host's connection pool the addresses checked for that host, or refuses."""
+
+    def __init__(self, pins: Mapping[tuple[str, str, int], tuple[str, ...]], **kwargs: Any):
+        super().__init__(**kwargs)
+        self._pins = pins
+
+    def _new_pool(
+        self,
+        scheme: str,
+        host: str,
+        port: int,
+        request_context: dict[str, Any] | None = None,
+    ) -> HTTPConnectionPool:
+        addresses = self._pins.get((scheme, _normalise_host(host), port))
+        if not addresses:
+            raise UpsamplerResultRejected(f"result host {host!r} was not checked before use")
+        pool = super()._new_pool(scheme, host, port, request_context)
+        pool.ConnectionCls = _PinnedHTTPSConnection if scheme == "https" else _PinnedHTTPConnection
+        pool.conn_kw = {**pool.conn_kw, "addresses": addresses}
+        return pool
+
+
+class _PinnedAdapter(HTTPAdapter):
+    """A requests transport over `_PinnedPoolManager`."""
+
+    def __init__(self, pins: Mapping[tuple[str, str, int], tuple[str, ...]]) -> None:
+        self._pins = pins
+        super().__init__(max_retries=0)
+
+    def init_poolmanager(
+        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
+    ) -> None:
+        """Build the pool manager that connects only to checked addresses."""
+        self._pool_connections = connections
+        self._pool_maxsize = maxsize
+        self._pool_block = block
+        self.poolmanager = _PinnedPoolManager(
+            self._pins, num_pools=connections, maxsize=maxsize, block=block, **pool_kwargs
+        )
+
+
+def _pin(
+    url: str,
+    allowed_hosts: Collection[str],
+    pins: dict[tuple[str, str, int], tuple[str, ...]],
+    resolver: Resolver,
+) -> None:
+    """Resolve `url`'s host once, check every address, and keep them for the connection."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    host = _normalise_host(parts.hostname or "")
+    port = parts.port or (443 if scheme == "https" else 80)
+    if (scheme, host, port) in pins:
+        return  # checked already (a redirect back to the same host): never looked up twice
+    try:
+        addresses = [host] if _is_ip(host) else [str(a) for a in resolver(host, port)]
+    except (OSError, UnicodeError) as exc:
+        raise UpsamplerTransientError(
+            f"result host {host!r} could not be resolved ({type(exc).__name__})"
+        ) from None
+    _check_addresses(url, addresses, allowed_hosts)
+    pins[(scheme, host, port)] = tuple(addresses)
 
 
 def fetch_result(
@@ -543,35 +771,50 @@ def fetch_result(
     allowed_hosts: Collection[str],
     max_bytes: int,
     timeout: Timeout = (5, 60),
-    session: requests.Session | None = None,
+    verify: bool | str = True,
+    resolver: Resolver = resolve_host,
 ) -> int:
     """Download a result to `dest` (via a temp file and a rename); return the bytes written.
 
-    The URL must pass `check_result_url`; redirects (at most 3) are followed only to URLs that
-    pass it too. The size cap holds for a declared Content-Length and while streaming. Raises
-    `UpsamplerResultRejected` for anything no retry mends (a refused URL, too large, empty, a
-    4xx or other non-200 answer) and `UpsamplerTransientError` for network errors, 429 and 5xx.
+    The URL must pass `check_result_url`, and its host must resolve only to addresses results
+    may come from (`address_refusal`); the connection goes to those addresses, never to a later
+    answer. Redirects (at most 3) are followed only to URLs that pass the same checks. The size
+    cap holds for a declared Content-Length and while streaming. `verify` is requests' (True,
+    or a CA bundle); the certificate is checked against the URL's host name. Raises
+    `UpsamplerResultRejected` for anything no retry mends (a refused URL or address, too large,
+    empty, a 4xx or other non-200 answer) and `UpsamplerTransientError` for network errors, a
+    name that does not resolve, 429 and 5xx.
     """
     if max_bytes <= 0:
         raise ValueError("max_bytes must be positive")
     dest = Path(dest)
-    owned = session is None
-    http = session if session is not None else requests.Session()
-    try:
-        current = check_result_url(url, allowed_hosts)
+    pins: dict[tuple[str, str, int], tuple[str, ...]] = {}
+    with requests.Session() as http:
+        http.trust_env = False  # no proxy from the environment: it would do its own lookup
+        adapter = _PinnedAdapter(pins)
+        http.mount("http://", adapter)
+        http.mount("https://", adapter)
+        current = url
         for _ in range(_MAX_REDIRECTS + 1):
-            location = _download(http, current, dest, max_bytes=max_bytes, timeout=timeout)
+            current = check_result_url(current, allowed_hosts)
+            _pin(current, allowed_hosts, pins, resolver)
+            location = _download(
+                http, current, dest, max_bytes=max_bytes, timeout=timeout, verify=verify
+            )
             if isinstance(location, int):
                 return location
-            current = check_result_url(urljoin(current, location), allowed_hosts)
+            current = urljoin(current, location)
         raise UpsamplerResultRejected("result URL redirects too many times")
-    finally:
-        if owned:
-            http.close()
 
 
 def _download(
-    http: requests.Session, url: str, dest: Path, *, max_bytes: int, timeout: Timeout
+    http: requests.Session,
+    url: str,
+    dest: Path,
+    *,
+    max_bytes: int,
+    timeout: Timeout,
+    verify: bool | str,
 ) -> int | str:
     """Stream one URL to `dest`; return bytes written, or the Location of a redirect."""
     try:
@@ -579,6 +822,7 @@ def _download(
             url,
             stream=True,
             timeout=timeout,
+            verify=verify,
             allow_redirects=False,
             headers={"User-Agent": USER_AGENT, "Accept": "image/*, */*;q=0.5"},
         ) as response:

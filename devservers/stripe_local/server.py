@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wrappers import Response
 
-from devservers.common import QuietHandler, register_request_log, url_host
+from devservers.common import QuietHandler, ServerThread, register_request_log, url_host
 
 from . import api, control, hosted
 from .context import EXTENSION, Runtime
@@ -66,20 +66,14 @@ class LocalStripe:
         self.url = url
         self.host = server.host
         self.port = server.port
-        self._server = server
         self._stopped = threading.Event()
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"stripe-local-{self.port}",
-            daemon=True,
-        )
+        self._serving = ServerThread(server, name=f"stripe-local-{self.port}")
         self._sweeper = threading.Thread(
             target=self._sweep, args=(sweep_interval,), name="stripe-local-expiry", daemon=True
         )
 
     def _start(self) -> None:
-        self._thread.start()
+        self._serving.start()
         self._sweeper.start()
 
     def _sweep(self, interval: float) -> None:
@@ -166,9 +160,7 @@ class LocalStripe:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+        self._serving.stop()
         self._sweeper.join(5)
         self.dispatcher.stop()
 

@@ -167,6 +167,8 @@ def precise_upscale() -> Response:
     g.job_id = job.id
     body = rt.state.job_object(job)  # before the thread starts: the answer is always IN_QUEUE
     rt.runner.start(job)
+    if job.behaviour.answer_delay:
+        rt.runner.pause(job.behaviour.answer_delay)  # the job runs; its answer is slow to come
     return json_response(body)
 
 
@@ -204,8 +206,11 @@ def result_file(name: str) -> Response:
         mimetype = content_type(ext or "png")
         if job.behaviour.chunked:
             return Response(_stream(path), mimetype=mimetype, direct_passthrough=True)
-        response = send_file(path, mimetype=mimetype, conditional=False, max_age=0)
-        return response
+        # send_file's headers around a generator body: werkzeug's server skips closing the body
+        # when the client resets the connection (as the fetcher does on a result over its cap),
+        # and send_file's open file would leak into a ResourceWarning in a later test.
+        with send_file(path, mimetype=mimetype, conditional=False, max_age=0) as sent:
+            return Response(_stream(path), headers=sent.headers, direct_passthrough=True)
     finally:
         state.record(
             "downloads",

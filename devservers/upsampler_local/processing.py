@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -52,6 +53,25 @@ def resize_to(image: pyvips.Image, width: int, height: int) -> pyvips.Image:
     if out.width < width or out.height < height:
         out = out.embed(0, 0, width, height, extend="copy")
     return out
+
+
+def foreign_result(image: pyvips.Image, result_format: str) -> bytes:
+    """`image` as a file of `result_format` (see RESULT_FORMATS): what a storefront must refuse."""
+    if result_format == "svg":
+        return (
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{image.width}" '
+            f'height="{image.height}"><rect width="100%" height="100%" fill="#36c"/></svg>\n'
+        ).encode()
+    if result_format in ("matrix", "csv"):
+        suffix = ".mat" if result_format == "matrix" else ".csv"
+        return bytes(image.extract_band(0).write_to_buffer(suffix))
+    if result_format == "vips":  # libvips writes its own format to files only
+        with tempfile.TemporaryDirectory(prefix="upsampler-local-") as tmp:
+            path = Path(tmp) / "result.v"
+            image.write_to_file(str(path))
+            return path.read_bytes()
+    suffix = {"tiff": ".tif", "gif": ".gif", "heif": ".avif"}[result_format]
+    return bytes(image.write_to_buffer(suffix))
 
 
 def _source_ext(image: pyvips.Image) -> str:
@@ -124,6 +144,10 @@ class JobRunner:
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
 
+    def pause(self, seconds: float) -> None:
+        """Wait `seconds`, or less if the server stops meanwhile."""
+        self._stopping.wait(seconds)
+
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Wait until no job is queued, running or delivering its callback; False on timeout."""
         with self.state.changed:
@@ -164,9 +188,11 @@ class JobRunner:
         if remaining > 0 and self._stopping.wait(remaining):
             return False
         if behaviour.hold:
+            self.state.update(job, held=True)  # done with the work, waiting for `release()`
             while not job.released.wait(0.05):
                 if self._stopping.is_set():
                     return False
+            self.state.update(job, held=False)
             if self._stopping.is_set() or self.state.get(job.id) is not job:
                 return False
         now = time.time()
@@ -208,7 +234,10 @@ class JobRunner:
         else:
             try:
                 upscaled = resize_to(image, out_w, out_h)
-                upscaled.write_to_file(str(result), **_SAVE_OPTIONS[ext])
+                if behaviour.result_format:
+                    result.write_bytes(foreign_result(upscaled, behaviour.result_format))
+                else:
+                    upscaled.write_to_file(str(result), **_SAVE_OPTIONS[ext])
                 flat = upscaled.flatten(background=255) if upscaled.hasalpha() else upscaled
                 flat.write_to_file(str(compressed), Q=80)
             except pyvips.Error as exc:

@@ -17,7 +17,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wrappers import Response
 
-from devservers.common import QuietHandler, register_request_log, url_host
+from devservers.common import QuietHandler, ServerThread, register_request_log, url_host
 
 from . import api, control
 from .context import EXTENSION, Runtime
@@ -69,17 +69,11 @@ class LocalUpsampler:
         self.port = server.port
         self.result_dir = result_dir
         self._owns_result_dir = owns_result_dir
-        self._server = server
         self._stopped = threading.Event()
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"upsampler-local-{self.port}",
-            daemon=True,
-        )
+        self._serving = ServerThread(server, name=f"upsampler-local-{self.port}")
 
     def _start(self) -> None:
-        self._thread.start()
+        self._serving.start()
 
     # ----------------------------------------------------------------- configuration
 
@@ -214,9 +208,7 @@ class LocalUpsampler:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+        self._serving.stop()
         self.runner.stop()
         if self._owns_result_dir:
             shutil.rmtree(self.result_dir, ignore_errors=True)

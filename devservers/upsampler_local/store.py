@@ -38,6 +38,10 @@ class Behaviour:
     callback_from: post that other job's body to this job's webhook instead of its own.
     callback_claims_success: the callback says SUCCESS (with result URLs) whatever happened.
     extra_fields: merged into every job object the server answers about this job.
+    answer_delay: seconds the answer to the submission takes, the job already created and
+        running (a slow answer: a client that gives up or dies meanwhile leaves it behind).
+    result_format: write the full-quality result in this format (one of RESULT_FORMATS: tiff,
+        gif, heif, vips, svg, matrix, csv) under its usual name: the right size, the wrong kind.
     """
 
     delay: float = 0.0
@@ -54,6 +58,8 @@ class Behaviour:
     callback_from: str | None = None
     callback_claims_success: bool = False
     extra_fields: dict[str, Any] = field(default_factory=dict)
+    answer_delay: float = 0.0
+    result_format: str | None = None
 
     def to_dict(self) -> Obj:
         """Return the behaviour as JSON-ready fields."""
@@ -61,6 +67,7 @@ class Behaviour:
 
 
 BEHAVIOUR_FIELDS = tuple(f.name for f in dataclasses.fields(Behaviour))
+RESULT_FORMATS = ("tiff", "gif", "heif", "vips", "svg", "matrix", "csv")
 
 
 def coerce_behaviour(fields: dict[str, Any]) -> dict[str, Any]:
@@ -70,7 +77,7 @@ def coerce_behaviour(fields: dict[str, Any]) -> dict[str, Any]:
         if name not in BEHAVIOUR_FIELDS:
             raise ValueError(f"unknown behaviour {name!r}; known: {', '.join(BEHAVIOUR_FIELDS)}")
         try:
-            if name == "delay":
+            if name in ("delay", "answer_delay"):
                 value = float(value)
                 if not math.isfinite(value) or value < 0:
                     raise ValueError
@@ -88,6 +95,10 @@ def coerce_behaviour(fields: dict[str, Any]) -> dict[str, Any]:
                     raise ValueError
             elif name in ("fail", "result_host", "callback_from"):
                 value = None if value in (None, "") else str(value)
+            elif name == "result_format":
+                value = None if value in (None, "") else str(value)
+                if value is not None and value not in RESULT_FORMATS:
+                    raise ValueError
             elif name == "extra_fields":
                 if not isinstance(value, dict):
                     raise ValueError
@@ -146,6 +157,7 @@ class Job:
     result_path: Path | None = None
     compressed_path: Path | None = None
     results_expire_at: float | None = None
+    held: bool = False
     released: threading.Event = field(default_factory=threading.Event)
 
     def summary(self) -> Obj:
@@ -165,6 +177,7 @@ class Job:
             "output_size": list(self.output_size) if self.output_size else None,
             "result_type": self.result_type,
             "results_expire_at": self.results_expire_at,
+            "held": self.held,
         }
 
 

@@ -17,8 +17,17 @@ depends_on = None
 
 
 def upgrade():
-    pass
+    with op.batch_alter_table('smi_jobs', schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column('download_bytes', sa.BigInteger(), server_default='0', nullable=False)
+        )
+    # A link counted the old way keeps what it used: a whole file for each download counted.
+    op.execute(
+        "UPDATE smi_jobs SET download_bytes = download_count * upscaled_file_size "
+        "WHERE download_count > 0 AND upscaled_file_size IS NOT NULL"
+    )
 
 
 def downgrade():
-    pass
+    with op.batch_alter_table('smi_jobs', schema=None) as batch_op:
+        batch_op.drop_column('download_bytes')

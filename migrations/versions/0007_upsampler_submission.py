@@ -17,8 +17,14 @@ depends_on = None
 
 
 def upgrade():
-    pass
+    # A job's submission to Upsampler is opened (key and time committed) before the API call, so
+    # a retry after a crash knows it may already have been sent and never sends it twice.
+    with op.batch_alter_table('smi_jobs', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('upsampler_submission_key', sa.String(length=64), nullable=True))
+        batch_op.add_column(sa.Column('upsampler_submitted_at', sa.DateTime(), nullable=True))
 
 
 def downgrade():
-    pass
+    with op.batch_alter_table('smi_jobs', schema=None) as batch_op:
+        batch_op.drop_column('upsampler_submitted_at')
+        batch_op.drop_column('upsampler_submission_key')

@@ -1,15 +1,18 @@
-"""Admin accounts: hashed passwords, throttled sign-in, and the first account from settings."""
+"""Admin accounts: hashed passwords, throttled sign-in, unlocking, and the first account."""
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import ipaddress
 import logging
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from flask import Flask, current_app
-from sqlalchemy import func, select
+from sqlalchemy import and_, case, delete, func, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -23,8 +26,6 @@ log = logging.getLogger("smi.admin")
 MIN_PASSWORD_LENGTH = 10
 # Failures older than this are forgotten.
 FAILURE_WINDOW = dt.timedelta(hours=1)
-# An address may try several accounts: it gets this many times the room of one account.
-ADDRESS_FACTOR = 3
 
 _DUMMY_HASH: str | None = None
 
@@ -130,7 +131,7 @@ class SignInResult:
         if self.outcome is SignIn.LOCKED:
             minutes = max(1, -(-self.wait_seconds // 60))
             return (
-                "Too many failed sign-ins: signing in is locked for this account. "
+                "Too many failed sign-ins: signing in is locked for this address. "
                 f"Try again in {minutes} minute{'s' if minutes != 1 else ''}."
             )
         return ""
@@ -138,7 +139,7 @@ class SignInResult:
 
 @dataclass(frozen=True)
 class ThrottlePolicy:
-    """When failures start to slow sign-in, and when they lock it."""
+    """When failures start to slow sign-in, the longest wait, and when an address is locked."""
 
     slow_after: int
     delay_seconds: int
@@ -148,7 +149,7 @@ class ThrottlePolicy:
 
     @classmethod
     def from_config(cls, app: Flask) -> ThrottlePolicy:
-        """Read the policy (ADMIN_LOGIN_* settings) with sensible defaults."""
+        """Read the policy (ADMIN_LOGIN_* settings)."""
         config = app.config
         return cls(
             slow_after=int(config["ADMIN_LOGIN_SLOW_AFTER"]),
@@ -158,44 +159,59 @@ class ThrottlePolicy:
             lock_minutes=int(config["ADMIN_LOGIN_LOCK_MINUTES"]),
         )
 
-    def scaled(self, factor: int) -> ThrottlePolicy:
-        """The same policy with `factor` times the room."""
-        return ThrottlePolicy(
-            self.slow_after * factor,
-            self.delay_seconds,
-            self.max_delay_seconds,
-            self.lock_after * factor,
-            self.lock_minutes,
-        )
+    def delay(self, failures: int) -> int:
+        """Seconds to wait after `failures` recent failures: 0, then doubling, at most the max."""
+        if failures < self.slow_after or self.delay_seconds <= 0:
+            return 0
+        doublings = min(failures - self.slow_after, 32)
+        return min(self.delay_seconds * 2**doublings, self.max_delay_seconds)
 
 
-def _throttle_keys(email: str, address: str) -> list[str]:
-    account = hashlib.sha256(normalise_email(email).encode()).hexdigest()[:40]
-    return [f"account:{account}", f"address:{address[:100]}"]
+def account_key(email: str) -> str:
+    """The throttle row of an account (a digest: the email itself is not kept)."""
+    return "account:" + hashlib.sha256(normalise_email(email).encode()).hexdigest()[:40]
 
 
-def _rows(keys: list[str]) -> dict[str, SignInThrottle]:
-    rows = db.session.scalars(select(SignInThrottle).where(SignInThrottle.key.in_(keys))).all()
-    return {row.key: row for row in rows}
+def address_key(address: str) -> str:
+    """The throttle row of an address."""
+    return f"address:{address[:100]}"
 
 
-def _blocked(
-    row: SignInThrottle | None, policy: ThrottlePolicy, now: dt.datetime
+def _counter(key: str) -> SignInThrottle | None:
+    return db.session.scalar(select(SignInThrottle).where(SignInThrottle.key == key))
+
+
+def _recent_failures(row: SignInThrottle | None, now: dt.datetime) -> int:
+    if row is None or row.last_failure_at is None or now - row.last_failure_at > FAILURE_WINDOW:
+        return 0
+    return row.failures
+
+
+def _refusal(
+    account: SignInThrottle | None,
+    address: SignInThrottle | None,
+    policy: ThrottlePolicy,
+    now: dt.datetime,
 ) -> SignInResult | None:
-    if row is None:
+    """Why an attempt is refused before its password is looked at, if it is.
+
+    Only the address's own failures refuse: a lock, or a wait since its last failure as long as
+    its failures or the account's call for. An address that has not failed is never refused,
+    whatever others did to the account.
+    """
+    if address is None:
         return None
-    if row.locked_until is not None and row.locked_until > now:
-        return SignInResult(SignIn.LOCKED, wait_seconds=_seconds(row.locked_until - now))
-    if row.last_failure_at is None or now - row.last_failure_at > FAILURE_WINDOW:
+    if address.locked_until is not None and address.locked_until > now:
+        return SignInResult(SignIn.LOCKED, wait_seconds=_seconds(address.locked_until - now))
+    failures = _recent_failures(address, now)
+    if not failures or address.last_failure_at is None:
         return None
-    if row.failures >= policy.slow_after and policy.delay_seconds > 0:
-        delay = min(
-            policy.delay_seconds * 2 ** (row.failures - policy.slow_after),
-            policy.max_delay_seconds,
-        )
-        ready = row.last_failure_at + dt.timedelta(seconds=delay)
-        if ready > now:
-            return SignInResult(SignIn.SLOWED, wait_seconds=_seconds(ready - now))
+    delay = max(policy.delay(failures), policy.delay(_recent_failures(account, now)))
+    if delay <= 0:
+        return None  # (a simultaneous attempt may have stamped a failure later than `now`)
+    ready = address.last_failure_at + dt.timedelta(seconds=delay)
+    if ready > now:
+        return SignInResult(SignIn.SLOWED, wait_seconds=_seconds(ready - now))
     return None
 
 
@@ -217,16 +233,50 @@ def _verify(email: str, password: str) -> AdminUser | None:
     return user if check_password_hash(user.password_hash, password) else None
 
 
-def _record_failure(row: SignInThrottle, policy: ThrottlePolicy, now: dt.datetime) -> None:
-    if row.last_failure_at is None or now - row.last_failure_at > FAILURE_WINDOW:
-        row.failures = 0
-    if row.locked_until is not None and row.locked_until <= now:
-        row.locked_until = None
-        row.failures = policy.slow_after
-    row.failures += 1
-    row.last_failure_at = now
-    if row.failures >= policy.lock_after:
-        row.locked_until = now + dt.timedelta(minutes=policy.lock_minutes)
+def _count_failure(
+    key: str, policy: ThrottlePolicy, now: dt.datetime, *, lockable: bool
+) -> tuple[int, dt.datetime | None]:
+    """Add one failure to a counter in one statement; its count and lock as they now stand.
+
+    An INSERT … ON CONFLICT DO UPDATE, on SQLite and PostgreSQL alike: simultaneous failures are
+    each counted (reading the count and writing it back kept one of them).
+    """
+    c = SignInThrottle.__table__.c
+    locked = and_(c.locked_until.is_not(None), c.locked_until > now)
+    lock_over = and_(c.locked_until.is_not(None), c.locked_until <= now)
+    stale = or_(c.last_failure_at.is_(None), c.last_failure_at < now - FAILURE_WINDOW)
+    # After a lock, the address starts again where failures are slowed, short of a new lock.
+    restart = max(0, min(policy.slow_after, policy.lock_after - 1))
+    failures = case(
+        (locked, c.failures + 1), (stale, 1), (lock_over, restart + 1), else_=c.failures + 1
+    )
+    lock_until = now + dt.timedelta(minutes=policy.lock_minutes)
+    changes: dict[str, Any] = {"failures": failures, "last_failure_at": now}
+    first_lock = None
+    if lockable:
+        changes["locked_until"] = case(
+            (locked, c.locked_until), (failures >= policy.lock_after, lock_until), else_=None
+        )
+        first_lock = lock_until if policy.lock_after <= 1 else None
+    dialect = postgresql if db.session.get_bind().dialect.name == "postgresql" else sqlite
+    statement = (
+        dialect.insert(SignInThrottle.__table__)
+        .values(key=key, failures=1, last_failure_at=now, locked_until=first_lock)
+        .on_conflict_do_update(index_elements=[c.key], set_=changes)
+        .returning(c.failures, c.locked_until)
+    )
+    count, locked_until = db.session.execute(statement).one()
+    return int(count), locked_until
+
+
+def _signed_in(user: AdminUser, address: str, now: dt.datetime) -> SignInResult:
+    """A success: the account's and the address's failures are forgotten; commits."""
+    keys = [account_key(user.email), address_key(address)]
+    db.session.execute(delete(SignInThrottle).where(SignInThrottle.key.in_(keys)))
+    user.last_login_at = now
+    log_action(user.name, "signed_in", user.email, f"from {address}")
+    transactions.commit()
+    return SignInResult(SignIn.OK, user)
 
 
 def sign_in(
@@ -234,48 +284,107 @@ def sign_in(
 ) -> SignInResult:
     """Check a sign-in attempt against the throttle, then the password; commits the counts.
 
-    A slowed or locked attempt is refused before the password is looked at, so guessing during
-    the wait learns nothing. A success clears the account's failures.
+    Failures are counted per account and per address. Only an address's own failures refuse it
+    (a wait, then a lock for every account); the account's failures lengthen the wait of
+    addresses that failed, never refuse one that has not. Each attempt is counted as a failure
+    before the password is checked, so simultaneous attempts are all counted and no more of them
+    are checked than the lock allows; a success clears the account's and the address's counts.
     """
     now = now or utcnow()
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     policy = ThrottlePolicy.from_config(app)
-    account_key, address_key = _throttle_keys(email, address)
-    policies = {account_key: policy, address_key: policy.scaled(ADDRESS_FACTOR)}
-    rows = _rows(list(policies))
-    for key, key_policy in policies.items():
-        blocked = _blocked(rows.get(key), key_policy, now)
-        if blocked is not None:
-            log.warning("admin sign-in refused (%s) from %s", blocked.outcome.value, address)
-            return blocked
+    email = normalise_email(email)
+    refused = _refusal(_counter(account_key(email)), _counter(address_key(address)), policy, now)
+    if refused is not None:
+        log.warning("admin sign-in refused (%s) from %s", refused.outcome.value, address)
+        return refused
+    _count_failure(account_key(email), policy, now, lockable=False)
+    failures, locked_until = _count_failure(address_key(address), policy, now, lockable=True)
+    transactions.commit()
+    if failures > policy.lock_after and locked_until is not None:
+        # Simultaneous attempts beyond the lock: refused without a look at the password.
+        log.warning("admin sign-in refused (locked) from %s", address)
+        return SignInResult(SignIn.LOCKED, wait_seconds=_seconds(locked_until - now))
     user = _verify(email, password)
     if user is not None:
-        for key in (account_key, address_key):
-            if key in rows:
-                db.session.delete(rows[key])
-        user.last_login_at = now
-        log_action(user.name, "signed_in", user.email, f"from {address}")
-        transactions.commit()
-        return SignInResult(SignIn.OK, user)
-    locked = False
-    for key, key_policy in policies.items():
-        row = rows.get(key)
-        if row is None:
-            row = SignInThrottle(key=key, failures=0)
-            db.session.add(row)
-        _record_failure(row, key_policy, now)
-        locked = locked or row.locked_until is not None
-    try:
-        transactions.commit()
-    except IntegrityError:
-        # A parallel attempt created the row first; its count stands.
-        transactions.rollback()
+        return _signed_in(user, address, now)
     log.warning("admin sign-in failed from %s", address)
-    if locked:
-        log_action("system", "sign_in_locked", normalise_email(email)[:255], f"from {address}")
+    if failures == policy.lock_after:
+        log_action("system", "sign_in_locked", email[:255], f"address {address} locked")
         transactions.commit()
         return SignInResult(SignIn.LOCKED, wait_seconds=policy.lock_minutes * 60)
     return SignInResult(SignIn.WRONG)
+
+
+@dataclass(frozen=True)
+class Unlocked:
+    """What `unlock_admin` cleared."""
+
+    email: str
+    account_failures: int
+    address: str | None = None
+    address_failures: int = 0
+    address_was_locked: bool = False
+
+    def lines(self) -> list[str]:
+        """What the command says it did, a line for the account and one for the address."""
+        lines = [
+            f"Cleared {_failures(self.account_failures)} of {self.email}."
+            if self.account_failures
+            else f"No failed sign-ins of {self.email} to clear."
+        ]
+        if self.address is not None:
+            lock = ", and its lock" if self.address_was_locked else ""
+            lines.append(
+                f"Cleared {_failures(self.address_failures)} from {self.address}{lock}."
+                if self.address_failures or self.address_was_locked
+                else f"No failed sign-ins from {self.address} to clear."
+            )
+        return lines
+
+
+def _failures(count: int) -> str:
+    return f"{count} failed sign-in{'s' if count != 1 else ''}"
+
+
+def _clear(key: str, now: dt.datetime) -> tuple[int, bool]:
+    """Delete a counter; the failures it held and whether it held a lock in force."""
+    row = db.session.execute(
+        delete(SignInThrottle)
+        .where(SignInThrottle.key == key)
+        .returning(SignInThrottle.failures, SignInThrottle.locked_until)
+    ).one_or_none()
+    if row is None:
+        return 0, False
+    failures, locked_until = row
+    return int(failures), locked_until is not None and locked_until > now
+
+
+def unlock_admin(email: str, address: str | None = None, actor: str = "cli") -> Unlocked:
+    """Clear an admin account's failed sign-ins and, when named, an address's and its lock.
+
+    Audit-logged; commits. AccountError when there is no such admin or the address is not one.
+    """
+    email = normalise_email(email)
+    if db.session.scalar(select(AdminUser.id).where(AdminUser.email == email)) is None:
+        raise AccountError(f"there is no admin account with the email {email}")
+    if address is not None:
+        try:
+            address = str(ipaddress.ip_address(address.strip()))
+        except ValueError as exc:
+            raise AccountError(f"{address!r} is not an IP address") from exc
+    now = utcnow()
+    account_failures, _ = _clear(account_key(email), now)
+    result = Unlocked(email, account_failures)
+    detail = f"account: {_failures(account_failures)} cleared"
+    if address is not None:
+        failures, was_locked = _clear(address_key(address), now)
+        result = Unlocked(email, account_failures, address, failures, was_locked)
+        lock = " and its lock" if was_locked else ""
+        detail += f"; address {address}: {_failures(failures)}{lock} cleared"
+    log_action(actor, "admin_unlocked", email, detail)
+    transactions.commit()
+    return result
 
 
 def session_key(user: AdminUser) -> str:

@@ -17,8 +17,13 @@ from sqlalchemy.exc import IntegrityError
 from storefront import transactions
 from storefront.accounts.audit import already_done, log_action
 from storefront.jobs.delivery import file_kept, is_delivered_and_paid, renew_link
-from storefront.jobs.queueing import enqueue_email, enqueue_processing
-from storefront.jobs.refunds import RefundFailed, refund_job, remaining_refundable
+from storefront.jobs.queueing import enqueue_processing, queue_email
+from storefront.jobs.refunds import (
+    RefundFailed,
+    queue_refund_email,
+    refund_job,
+    remaining_refundable,
+)
 from storefront.jobs.state import get_job, record_event, transition
 from storefront.jobs.stripe_api import CheckoutUnavailable, expire_session
 from storefront.models import Job, utcnow
@@ -131,7 +136,7 @@ ACTIONS: dict[str, Action] = {
             "resend",
             "Resend the download email",
             "A fresh link (new token, new expiry, downloads counted anew) is emailed to the "
-            "buyer; the old link stops working at once.",
+            "buyer; the old link works until the new one is sent.",
             False,
             _why_not_resend,
         ),
@@ -215,9 +220,11 @@ def parse_amount(raw: str, job: Job) -> Decimal | None:
         return None
     try:
         amount = Decimal(text)
+        # Quantizing 1e30 to the cent overflows: that is no amount either.
+        in_cents = amount.is_finite() and amount == amount.quantize(CENT, rounding=ROUND_HALF_UP)
     except InvalidOperation as exc:
         raise ActionRefused(f"{raw!r} is not an amount; enter something like 1.25.") from exc
-    if not amount.is_finite() or amount != amount.quantize(CENT, rounding=ROUND_HALF_UP):
+    if not in_cents:
         raise ActionRefused("Enter the amount in cents at most, like 1.25.")
     remaining = remaining_refundable(job)
     if amount <= 0 or amount > remaining:
@@ -261,27 +268,32 @@ def refund(
         key = f"admin-refund-{job.job_id}-{job.refund_amount or 0}-{amount or 'rest'}"
     refunded = amount if amount is not None else remaining_refundable(job)
     try:
-        total = refund_job(job, amount=amount, reason=reason, idempotency_key=key, actor=admin)
+        done = refund_job(job, amount=amount, reason=reason, idempotency_key=key, actor=admin)
     except RefundFailed as exc:
         transactions.rollback()
         raise ActionRefused(f"Stripe did not make the refund: {exc}") from exc
     note = f"{refunded} {job.currency} ({reason[:200]})"
-    # Who asked, in the timeline; the "refunded" total is noted once, by this or the webhook.
+    # Who asked, in the timeline; the "refunded" total is noted once, by this or the webhook,
+    # and whichever of the two records it tells the buyer.
     record_event(job.job_id, "admin_refund", note, actor=admin)
     log_action(admin, "refund", job.job_id, note, request_id)
-    _commit()
-    return f"Refunded {refunded} {job.currency.upper()} (total refunded: {total})."
+    _commit(*([queue_refund_email(job.job_id)] if done.recorded else []))
+    return f"Refunded {refunded} {job.currency.upper()} (total refunded: {done.total})."
 
 
 def resend(job_id: str, admin: str, request_id: str | None = None) -> str:
-    """Give the job a fresh token and expiry and email the new link; the old one stops."""
+    """Email a new link with a fresh expiry; the old one works until the new one is sent."""
     _guard(request_id)
     job = _load(job_id, "resend")
     if not renew_link(job.job_id, actor=admin):
         raise _changed_meanwhile()
     log_action(admin, "resend", job.job_id, f"to {job.email}", request_id)
-    _commit(lambda: enqueue_email("link", job.job_id, unique=False))
-    return f"A fresh link is on its way to {job.email}; the old one no longer works."
+    # The email is written in this transaction: it survives Redis or SMTP being down.
+    handover = queue_email("link", job.job_id, unique=False)
+    _commit(handover)
+    return (
+        f"A fresh link is on its way to {job.email}; the old one works until the new one is sent."
+    )
 
 
 def extend(job_id: str, hours: int, admin: str, request_id: str | None = None) -> str:

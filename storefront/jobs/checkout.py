@@ -1,25 +1,84 @@
-"""The Buy button's service: price the order, create the job, and open its Checkout Session."""
+"""The Buy button's service: price the order, create the job, and open its Checkout Session (or
+send the buyer back to the one this browser opened for the same order, while it is open)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
 import uuid
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
 import stripe
 from flask import current_app
+from sqlalchemy import select
 
 from storefront import funnel, settings, transactions
 from storefront.catalog.pricing import Quote, to_minor_units
 from storefront.extensions import db
 from storefront.jobs.offers import offer_for
 from storefront.jobs.state import record_event, transition
-from storefront.jobs.stripe_api import CheckoutUnavailable, stripe_client
+from storefront.jobs.stripe_api import CheckoutUnavailable, retrieve_session, stripe_client
 from storefront.models import Attachment, Job, utcnow
 
 log = logging.getLogger("smi.checkout")
+
+# A session about to expire is not worth going back to: the buyer needs time to pay.
+REUSE_MARGIN = dt.timedelta(minutes=5)
+
+
+def start_checkout(
+    attachment: Attachment,
+    resolution: str,
+    email: str,
+    *,
+    remembered: Sequence[str],
+    user_agent: str | None,
+) -> tuple[Job, str]:
+    """Buy pressed: the open session of the same order among this browser's `remembered` job ids,
+    or a new job and session (`create_checkout`); the job and the URL to send the buyer to."""
+    reusable = open_checkout_of(attachment, resolution, email, remembered)
+    if reusable is not None:
+        return reusable
+    return create_checkout(attachment, resolution, email, user_agent=user_agent)
+
+
+def open_checkout_of(
+    attachment: Attachment, resolution: str, email: str, remembered: Sequence[str]
+) -> tuple[Job, str] | None:
+    """The job among `remembered` awaiting payment for this image, resolution, email and price,
+    with its session URL, if Stripe says that session is still open; changes nothing."""
+    offer = offer_for(attachment, resolution)
+    if not remembered or not offer.available:
+        return None
+    candidates = db.session.scalars(
+        select(Job)
+        .where(
+            Job.job_id.in_(list(remembered)),
+            Job.status == "awaiting_payment",
+            Job.attachment_id == attachment.id,
+            Job.resolution == resolution,
+            Job.email == email,
+            Job.currency == settings.get("CURRENCY"),
+            Job.stripe_checkout_session_id.is_not(None),
+            Job.checkout_expires_at > utcnow() + REUSE_MARGIN,
+        )
+        .order_by(Job.id.desc())
+    ).all()
+    for job in candidates:
+        # The price shown now is the price charged: a session at an older price is not reused.
+        if job.amount_charged != offer.quote.price or job.stripe_checkout_session_id is None:
+            continue
+        try:
+            session = retrieve_session(job.stripe_checkout_session_id)
+        except (stripe.StripeError, CheckoutUnavailable) as exc:
+            log.warning("job=%s session check failed: %s", job.job_id, type(exc).__name__)
+            return None
+        if session.get("status") == "open" and session.get("url"):
+            log.info("job=%s checkout session reused", job.job_id)
+            return job, str(session["url"])
+    return None
 
 
 def create_checkout(

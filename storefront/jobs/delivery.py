@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import re
 import secrets
 from dataclasses import dataclass
@@ -11,14 +12,18 @@ from enum import Enum
 from pathlib import Path
 
 from flask import Flask, current_app
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, case, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.http import parse_range_header
 
 from storefront import settings, transactions
 from storefront.extensions import db
-from storefront.jobs.queueing import enqueue_email
+from storefront.jobs.queueing import queue_email
 from storefront.jobs.state import record_event, transition
 from storefront.models import DownloadLog, Job, utcnow
 from storefront.storage import resolve
+
+log = logging.getLogger("smi.delivery")
 
 TOKEN_PATTERN = re.compile(r"[0-9a-f]{64}")
 
@@ -154,32 +159,54 @@ def find_link(token: str) -> Link:
     return link
 
 
-def count_download(job_id: str) -> bool:
-    """Count one download if the link has any left: one conditional UPDATE, caller's transaction."""
-    limit = int(settings.get("DOWNLOAD_MAX_COUNT"))
+def downloads_used(bytes_served: int, size: int) -> int:
+    """The downloads a link has used: the bytes served under it ÷ the file's size, rounded up."""
+    return -(-bytes_served // max(size, 1))
+
+
+def count_download(job_id: str, added: int, size: int) -> int | None:
+    """Add bytes served to a link (negative: give them back), and its download_count with them.
+
+    One conditional UPDATE in the caller's transaction: adding is refused (None) when it would take
+    the link past DOWNLOAD_MAX_COUNT times the file's size. Returns the link's bytes served now.
+    """
+    size = max(size, 1)
+    total: ColumnElement[int] = Job.download_bytes + added
+    where = [Job.job_id == job_id]
+    if added >= 0:
+        where.append(total <= int(settings.get("DOWNLOAD_MAX_COUNT")) * size)
+    else:
+        # A link renewed meanwhile starts again from 0; what it gives back cannot go below.
+        total = case((total < 0, 0), else_=total)
     result = db.session.execute(
         update(Job)
-        .where(Job.job_id == job_id, Job.download_count < limit)
-        .values(download_count=Job.download_count + 1)
+        .where(*where)
+        .values(download_bytes=total, download_count=(total + (size - 1)) // size)
+        .returning(Job.download_bytes)
         .execution_options(synchronize_session=False)
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    served: int | None = result.scalar_one_or_none()
+    return served
 
 
 def renew_link(job_id: str, actor: str = "buyer") -> bool:
-    """Start a fresh link period: the old token stops working now, a new one goes by email.
+    """Start a fresh link period (fresh expiry, downloads counted anew) for a new link by email.
 
-    Only for a deliverable job. Part of the caller's transaction; after it, the "link" email
-    issues the new token.
+    Only for a deliverable job. Part of the caller's transaction, which writes the "link" email
+    into the outbox too. A current token that works keeps working until that email's task issues
+    the new one, so a buyer is never left without a link while the email waits for Redis or SMTP;
+    an expired one ends here rather than come back to life with the fresh expiry.
     """
     hours = int(settings.get("DOWNLOAD_EXPIRY_HOURS"))
+    now = utcnow()
     changed = transition(
         job_id,
         ["completed"],
         where=deliverable_where(),
-        download_token=None,
-        download_expires_at=utcnow() + dt.timedelta(hours=hours),
+        download_token=case((Job.download_expires_at > now, Job.download_token), else_=None),
+        download_expires_at=now + dt.timedelta(hours=hours),
         download_count=0,
+        download_bytes=0,
     )
     if changed:
         record_event(job_id, "link_renewed", f"fresh link for {hours} hours", actor=actor)
@@ -201,21 +228,23 @@ def find_resendable_job(email: str, job_id: str) -> Job | None:
 
 
 def send_fresh_link(email: str, job_id: str) -> bool:
-    """A buyer asked for a fresh link: renew it and queue the email if the order matches."""
+    """A buyer asked for a fresh link: if the order matches, renew it and write its email into
+    the outbox in one transaction, then hand the email to RQ."""
     job = find_resendable_job(email, job_id)
-    if job is None or not renew_link(job.job_id):
+    if job is None:
         transactions.rollback()
         return False
-    transactions.commit(lambda: enqueue_email("link", job.job_id, unique=False))
-    return True
+    return resend_link(job.job_id, actor="buyer")
 
 
 def resend_link(job_id: str, actor: str) -> bool:
-    """Renew a deliverable job's link and queue its email (the owner asked); False if it can't."""
+    """Renew a deliverable job's link and write its email into the outbox in one transaction,
+    then hand the email to RQ; False (nothing changed) if the job can't have one."""
     if not renew_link(job_id, actor=actor):
         transactions.rollback()
         return False
-    transactions.commit(lambda: enqueue_email("link", job_id, unique=False))
+    handover = queue_email("link", job_id, unique=False)
+    transactions.commit(handover)
     return True
 
 
@@ -228,29 +257,119 @@ class DownloadRequest:
     range_header: str
 
 
-def record_download(
-    job_id: str, request: DownloadRequest, *, bytes_sent: int, starts_download: bool
-) -> tuple[bool, bool]:
-    """Log one request for the file, counting it when it starts a download; commits.
+@dataclass(frozen=True)
+class Served:
+    """The part of the file one response carries: `length` bytes from `start`, of `size` in all."""
 
-    Returns (allowed, counted): not allowed when it would start a download past the link's limit,
-    and then nothing is recorded.
+    start: int
+    length: int
+    size: int
+
+
+def record_download(
+    job_id: str, request: DownloadRequest, served: Served, *, streamed: bool
+) -> bool:
+    """Count a response's bytes against its link before they go out; commits.
+
+    Refused (False, and nothing recorded) when they would take the link past DOWNLOAD_MAX_COUNT
+    file sizes; the check and the count are one conditional UPDATE, so parallel requests cannot
+    overspend. A response the app streams is logged when it closes (`finish_download`), with the
+    bytes it really sent; one nginx sends (X-Accel) is logged now, with the bytes of its range.
     """
-    counted = False
-    if starts_download:
-        counted = count_download(job_id)
-        if not counted:
+    given_back = _resumed_overlap(job_id, served)
+    total = count_download(job_id, served.length - given_back, served.size)
+    if total is None:
+        transactions.rollback()
+        return False
+    if not streamed:
+        added = served.length - given_back
+        _log_download(job_id, request, served.length, _counts_more(total, added, served.size))
+    transactions.commit()
+    return True
+
+
+def finish_download(
+    app: Flask, job_id: str, request: DownloadRequest, served: Served, sent: int
+) -> None:
+    """A streamed response closed after `sent` bytes: give back the rest and log it; commits.
+
+    Runs after the request, when the server closes the body. If the database fails here, the
+    whole range stays counted.
+    """
+    with app.app_context():
+        try:
+            total = count_download(job_id, sent - served.length, served.size) or 0
+            _log_download(job_id, request, sent, _counts_more(total, sent, served.size))
+            transactions.commit()
+        except SQLAlchemyError:
             transactions.rollback()
-            return False, False
+            log.exception("job=%s a download of %s bytes could not be recorded", job_id, sent)
+
+
+def _counts_more(total: int, added: int, size: int) -> bool:
+    """Whether `added` bytes, now part of `total`, took the link to one more download used."""
+    return downloads_used(total, size) > downloads_used(total - added, size)
+
+
+def _log_download(job_id: str, request: DownloadRequest, sent: int, counted: bool) -> None:
     db.session.add(
         DownloadLog(
             job_id=job_id,
             ip=request.ip,
             user_agent=request.user_agent[:500],
             range_header=request.range_header[:100],
-            bytes_sent=bytes_sent,
+            bytes_sent=sent,
             counted=counted,
         )
     )
-    transactions.commit()
-    return True, counted
+
+
+# A response the buyer broke off has counted what the server wrote, but what was still in flight
+# (socket buffers: a few MiB) never arrived, and the browser asks for it again when it resumes.
+# When a request starts inside what the link's last response wrote, past its start, that overlap
+# is given back: once per response, at most an eighth of the file and 16 MiB, so that breaking
+# off responses on purpose gains little.
+RESUME_OVERLAP_MAX = 16 * 1024 * 1024
+
+
+def _resumed_overlap(job_id: str, served: Served) -> int:
+    """Bytes of the link's last response, broken off, that this one asks for again."""
+    if served.start == 0 or served.length == 0:
+        return 0
+    last = db.session.scalar(
+        select(DownloadLog)
+        .where(DownloadLog.job_id == job_id)
+        .order_by(DownloadLog.id.desc())
+        .limit(1)
+    )
+    span = requested_span(last.range_header, served.size) if last is not None else None
+    if last is None or span is None:
+        return 0
+    start, length = span
+    written_end = start + last.bytes_sent
+    if not (last.bytes_sent < length and start < served.start < written_end):
+        return 0
+    overlap = min(written_end - served.start, served.length, served.size // 8, RESUME_OVERLAP_MAX)
+    kept = last.bytes_sent - overlap
+    # The row then says what it counts, as a range it was served in full: given back once.
+    changed = db.session.execute(
+        update(DownloadLog)
+        .where(DownloadLog.id == last.id, DownloadLog.bytes_sent == last.bytes_sent)
+        .values(bytes_sent=kept, range_header=f"bytes={start}-{start + kept - 1}")
+        .execution_options(synchronize_session=False)
+    )
+    return overlap if changed.rowcount else 0  # type: ignore[attr-defined]
+
+
+def requested_span(range_header: str, size: int) -> tuple[int, int] | None:
+    """The (start, length) a Range header asks of a file of `size` bytes; the whole file if empty.
+
+    None when it asks for several ranges or none that can be served.
+    """
+    if not range_header:
+        return 0, size
+    parsed = parse_range_header(range_header)
+    bounds = parsed.range_for_length(size) if parsed is not None else None
+    if bounds is None:
+        return None
+    return bounds[0], bounds[1] - bounds[0]

@@ -13,6 +13,7 @@ from flask_mail import Message
 from storefront import settings, transactions
 from storefront.extensions import mail
 from storefront.formatting import local_time
+from storefront.jobs import outbox
 from storefront.jobs.delivery import issue_download_token
 from storefront.jobs.state import get_job, record_event, transition
 from storefront.models import Job
@@ -34,6 +35,7 @@ KINDS = {
     "ready": EmailKind("Your high-resolution image is ready", "ready"),
     "link": EmailKind("A fresh download link for your image", "ready"),
     "failed": EmailKind("We couldn't process your image: you have been refunded", "failed"),
+    "refunded": EmailKind("We've refunded your order", "refunded"),
     "admin_alert": EmailKind("[Sell My Images] A paid job failed", "admin_alert", to_admin=True),
     "cost_alert": EmailKind(
         "[Sell My Images] A job cost more than the buyer paid", "admin_alert", to_admin=True
@@ -80,20 +82,31 @@ def send(message: Message) -> None:
     mail.send(message)
 
 
-def deliver(kind: str, job_id: str) -> str:
-    """Send one of a job's emails; SMTP errors propagate so RQ retries this email alone."""
+def deliver(kind: str, job_id: str, outbox_id: str = "") -> str:
+    """Send one of a job's emails; SMTP errors propagate so RQ retries this email alone.
+
+    `outbox_id` names the email's outbox row: a row already done is not sent again, and the row
+    is marked done, once, in the commit that records the outcome.
+    """
+    row = int(outbox_id) if outbox_id else None
+    if row is not None and not outbox.is_pending(row):
+        return "already sent"
     job = get_job(job_id)
     if job is None:
-        return "unknown job"
+        return _done(row, "unknown job")
     context: dict[str, Any] = {}
     if kind in ("ready", "link"):
         if kind == "ready" and job.email_sent:
-            return "already sent"
+            return _done(row, "already sent")
+        if kind == "link" and row is not None and outbox.superseded(row):
+            return _done(row, "superseded by a later fresh link")
         # The token exists in clear only here and in the message; the database keeps its digest.
+        # It replaces the job's current token now, not before: a fresh link's old one works until
+        # this email goes out.
         token = issue_download_token(job_id)
         if token is None:
             transactions.rollback()
-            return f"not deliverable ({job.status}/{job.payment_status})"
+            return _done(row, f"not deliverable ({job.status}/{job.payment_status})")
         transactions.commit()
         context["download_url"] = f"{current_app.config['PUBLIC_BASE_URL']}/download/{token}"
         job = get_job(job_id)
@@ -101,15 +114,22 @@ def deliver(kind: str, job_id: str) -> str:
     spec = KINDS[kind]
     if not spec.to_admin and not job.email:
         record_event(job_id, f"email_{kind}_skipped", "no email address for this order")
-        transactions.commit()
-        return "no address"
+        return _done(row, "no address")
     if spec.to_admin and not current_app.config.get("ADMIN_EMAIL"):
-        return "no admin address"
+        return _done(row, "no admin address")
     send(build_message(kind, job, **context))
     if kind in ("ready", "link"):
         transition(job_id, ["completed"], email_sent=True)
     recipient = "admin" if spec.to_admin else "buyer"
     record_event(job_id, f"email_{kind}", f"sent to the {recipient}")
-    transactions.commit()
+    outcome = _done(row, "sent")
     log.info("job=%s email=%s sent", job_id, kind)
-    return "sent"
+    return outcome
+
+
+def _done(outbox_id: int | None, outcome: str) -> str:
+    """Commit what the email changed, its outbox row marked done with `outcome`; return it."""
+    if outbox_id is not None:
+        outbox.finish(outbox_id, outcome)
+    transactions.commit()
+    return outcome

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import secrets
 from decimal import Decimal
 from pathlib import Path
 
 from flask import current_app
+from sqlalchemy import and_, or_
 
 from storefront import settings, transactions
 from storefront.jobs.delivery import new_token
-from storefront.jobs.queueing import enqueue_email, enqueue_upsampler_check
+from storefront.jobs.queueing import enqueue_upsampler_check, queue_email
 from storefront.jobs.refunds import refund_failed_job
 from storefront.jobs.state import get_job, record_event, transition
 from storefront.models import Job, utcnow
@@ -52,13 +54,78 @@ def give_back(job_id: str, error: Exception) -> None:
     transactions.commit()
 
 
-def record_submission(job_id: str, provider_job_id: str, first_check_in: int) -> None:
-    """Upsampler took the job: keep its id, and schedule the first status check."""
-    transition(job_id, ["processing"], upsampler_job_id=provider_job_id)
-    record_event(job_id, "submitted", f"Upsampler job {provider_job_id}")
-    transactions.commit(
-        lambda: enqueue_upsampler_check(job_id, delay_seconds=first_check_in, attempt=1)
+def begin_submission(job_id: str) -> str | None:
+    """Open the job's one submission to Upsampler: a new key, committed before the API call.
+
+    None when this run of the job has one open already (an earlier attempt sent it, or may have:
+    it crashed before recording the answer). A run ends when the job fails, so a job the admin
+    puts back on the queue after a failure may be sent anew.
+    """
+    key = secrets.token_hex(16)
+    opened = transition(
+        job_id,
+        ["processing"],
+        where=[
+            or_(
+                # Never sent (a job sent before submissions were recorded counts as sent) …
+                and_(
+                    Job.upsampler_submitted_at.is_(None),
+                    or_(Job.upsampler_job_id.is_(None), Job.failed_at.is_not(None)),
+                ),
+                # … or sent in a run that has ended in a failure since.
+                Job.failed_at >= Job.upsampler_submitted_at,
+            )
+        ],
+        upsampler_submission_key=key,
+        upsampler_submitted_at=utcnow(),
+        upsampler_job_id=None,
     )
+    if opened:
+        record_event(job_id, "submitting", "sending it to Upsampler")
+    transactions.commit()
+    return key if opened else None
+
+
+def abandon_submission(job_id: str, key: str) -> None:
+    """Upsampler surely never took it (no connection, or turned away): a later attempt may send
+    it. Only the submission `key` names, and only while no provider job is recorded."""
+    transactions.rollback()
+    transition(
+        job_id,
+        ["processing"],
+        where=[Job.upsampler_submission_key == key, Job.upsampler_job_id.is_(None)],
+        upsampler_submission_key=None,
+        upsampler_submitted_at=None,
+    )
+    transactions.commit()
+
+
+def record_submission(job_id: str, provider_job_id: str, first_check_in: int, key: str) -> bool:
+    """Upsampler took the job: keep its id, and schedule the first status check.
+
+    Only for the submission `key` names, while the job is processing; False (nothing recorded,
+    nothing scheduled) when it ended or was sent anew meanwhile.
+    """
+    recorded = transition(
+        job_id,
+        ["processing"],
+        where=[Job.upsampler_submission_key == key],
+        upsampler_job_id=provider_job_id,
+    )
+    if recorded:
+        record_event(job_id, "submitted", f"Upsampler job {provider_job_id}")
+    transactions.commit(
+        *(
+            [lambda: enqueue_upsampler_check(job_id, delay_seconds=first_check_in, attempt=1)]
+            if recorded
+            else []
+        )
+    )
+    if not recorded:
+        log.warning(
+            "job=%s Upsampler job %s not recorded: the job moved on", job_id, provider_job_id
+        )
+    return recorded
 
 
 def complete_job(
@@ -97,11 +164,11 @@ def complete_job(
         log.warning("job=%s was no longer processing and paid; output discarded", job.job_id)
         return "discarded"
     record_event(job.job_id, "completed", f"{output.name}, {size} bytes")
-    over_cost = job.amount_charged is not None and cost > job.amount_charged
-    transactions.commit(
-        lambda: enqueue_email("ready", job.job_id),
-        *([lambda: enqueue_email("cost_alert", job.job_id)] if over_cost else []),
-    )
+    # The emails are written in this transaction: Redis being down cannot lose them.
+    emails = [queue_email("ready", job.job_id)]
+    if job.amount_charged is not None and cost > job.amount_charged:
+        emails.append(queue_email("cost_alert", job.job_id))
+    transactions.commit(*emails)
     log.info("job=%s completed", job.job_id)
     return "completed"
 

@@ -1,10 +1,13 @@
-"""Queueing a job's work on RQ: deterministic ids, explicit timeouts and retries, each once."""
+"""Queueing a job's work on RQ: deterministic ids, explicit timeouts and retries, each once.
+
+Emails go through the outbox (`storefront.jobs.outbox`): written down in a transaction, then
+handed to RQ here.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import uuid
 
 from flask import current_app
 from redis.exceptions import RedisError
@@ -13,9 +16,12 @@ from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job as RQJob
 from rq.job import JobStatus
 
+from storefront import transactions
+from storefront.jobs import outbox
 from storefront.jobs.estimates import engine_for, neural_seconds
 from storefront.jobs.state import get_job
 from storefront.queues import DEFAULT_QUEUE, UPSCALE_QUEUE, get_queue
+from storefront.transactions import AfterCommit
 
 log = logging.getLogger("smi.fulfilment")
 
@@ -95,22 +101,52 @@ def enqueue_processing(job_id: str, *, replace_live: bool = False) -> bool:
     )
 
 
+def queue_email(kind: str, job_id: str, *, unique: bool = True) -> AfterCommit:
+    """Write one of a job's emails into the outbox, in the caller's transaction; return the
+    after-commit action that hands it to RQ. Once per kind and job when `unique`."""
+    outbox_id = outbox.add(kind, job_id, once=unique)
+    if outbox_id is None:
+        return lambda: False  # written down before: that row is on its way already
+    return lambda: hand_over(outbox_id)
+
+
 def enqueue_email(kind: str, job_id: str, *, unique: bool = True) -> bool:
-    """Queue one of a job's emails on the `default` queue; once per kind and job when `unique`."""
-    rq_id = f"email-{kind}-{job_id}"
-    if not unique:
-        rq_id += f"-{uuid.uuid4().hex[:12]}"
-    return _enqueue_once(
+    """Queue one of a job's emails now: into the outbox in a transaction of its own, then to RQ.
+
+    For after-commit actions, with nothing else uncommitted; a service changing state writes the
+    email in its own transaction with `queue_email` instead.
+    """
+    handover = queue_email(kind, job_id, unique=unique)
+    transactions.commit()
+    return bool(handover())
+
+
+def hand_over(outbox_id: int) -> bool:
+    """Give an outbox row's email to RQ, unless RQ has it already or it was sent; commits.
+
+    Redis unreachable leaves the row as it is, for the sweeper to hand over later.
+    """
+    row = outbox.get(outbox_id)
+    if row is None or row.finished_at is not None:
+        transactions.rollback()
+        return False
+    queued = _enqueue_once(
         DEFAULT_QUEUE,
-        rq_id,
+        f"email-{row.kind}-{row.job_id}-{row.id}",
         "worker.tasks.send_job_email",
-        (kind, job_id),
-        # A finished email job was sent: never again. One that gave up may be tried anew.
-        replaceable=ENDED_BADLY,
+        (row.kind, row.job_id, str(row.id)),
+        # The row says whether it was sent; an RQ record that ended, however, is only history.
+        replaceable=ENDED_BADLY | {JobStatus.FINISHED},
         job_timeout=120,
         retry=EMAIL_RETRY,
         result_ttl=7 * 24 * 3600,
     )
+    if not queued:
+        transactions.rollback()
+        return False
+    outbox.mark_handed(row.id)
+    transactions.commit()
+    return True
 
 
 def enqueue_upsampler_check(job_id: str, *, delay_seconds: int = 0, attempt: int = 0) -> bool:

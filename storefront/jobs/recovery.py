@@ -1,4 +1,5 @@
-"""The sweeper: finds paid jobs that fell through a crack and puts them back on their way."""
+"""The sweeper: finds paid jobs and emails that fell through a crack and puts them back on their
+way."""
 
 from __future__ import annotations
 
@@ -12,18 +13,20 @@ from sqlalchemy import ColumnElement, select
 
 from storefront import transactions
 from storefront.extensions import db
+from storefront.jobs import outbox
 from storefront.jobs.outcomes import fail_job
 from storefront.jobs.queueing import (
     enqueue_email,
     enqueue_processing,
     enqueue_upsampler_check,
+    hand_over,
     processing_timeout,
 )
 from storefront.jobs.refunds import refund_failed_job
 from storefront.jobs.state import record_event, transition
 from storefront.jobs.stripe_api import CheckoutUnavailable, retrieve_session
 from storefront.jobs.stripe_events import settle_session
-from storefront.models import Job, utcnow
+from storefront.models import EmailOutbox, Job, utcnow
 
 log = logging.getLogger("smi.sweeper")
 
@@ -61,6 +64,7 @@ def sweep(now: dt.datetime | None = None) -> SweepReport:
     _queue_unqueued(now, report)
     _recover_dead_workers(now, report)
     _settle_expired_checkouts(now, report)
+    _hand_over_outbox(now, report)
     _resend_missing_emails(now, report)
     _retry_refunds(now, report)
     log.info("sweep: %s", report.summary())
@@ -129,13 +133,26 @@ def _settle_expired_checkouts(now: dt.datetime, report: SweepReport) -> None:
         _settle_checkout(job, report)
 
 
+def _hand_over_outbox(now: dt.datetime, report: SweepReport) -> None:
+    """Emails written down but never handed to RQ (Redis was down), or handed over and never sent
+    (RQ gave up, or lost the job): to RQ again. One that RQ still has is left to it."""
+    for outbox_id, job_id in outbox.due(now - QUEUE_GRACE):
+        if hand_over(outbox_id):
+            report.emails.append(job_id)
+
+
 def _resend_missing_emails(now: dt.datetime, report: SweepReport) -> None:
-    """Completed, but the ready email never went out."""
+    """Completed, but the ready email never went out nor was written into the outbox (a job
+    completed before the outbox existed)."""
+    in_outbox = select(EmailOutbox.id).where(
+        EmailOutbox.job_id == Job.job_id, EmailOutbox.kind == "ready"
+    )
     for job_id in _ids(
         Job.status == "completed",
         Job.email_sent.is_not(True),
         Job.payment_status == "paid",
         Job.completed_at < now - EMAIL_GRACE,
+        ~in_outbox.exists(),
     ):
         if enqueue_email("ready", job_id):
             report.emails.append(job_id)

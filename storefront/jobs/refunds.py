@@ -1,19 +1,22 @@
-"""Refunds through Stripe (once per idempotency key), recorded once; a failed job's refund."""
+"""Refunds through Stripe, each recorded once and told to the buyer once; a failed job's refund."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 import stripe
+from sqlalchemy import or_
 
 from storefront import transactions
 from storefront.catalog.pricing import from_minor_units, to_minor_units
-from storefront.jobs.queueing import enqueue_email
+from storefront.jobs.queueing import enqueue_email, queue_email
 from storefront.jobs.state import get_job, record_event, transition
 from storefront.jobs.stripe_api import stripe_client
 from storefront.models import JOB_STATUSES, Job, utcnow
+from storefront.transactions import AfterCommit
 
 log = logging.getLogger("smi.refunds")
 
@@ -33,13 +36,16 @@ def revoke_download(job_id: str) -> None:
 
 
 def apply_refund_total(job: Job, refunded: Decimal, reason: str, actor: str = "stripe") -> bool:
-    """Record `refunded` as the job's refunded total; idempotent; True if it changed anything.
+    """Record `refunded` as the job's refunded total; True only if this call changed the row.
 
-    Part of the caller's transaction. A full refund also ends download access.
+    Part of the caller's transaction. The total only grows: the conditional UPDATE matches nothing
+    when the row already holds as much (an older event, or the same refund recorded first by the
+    admin's request or Stripe's webhook), whatever the job's status. A full refund also ends
+    download access.
     """
-    full = refunded >= (job.amount_charged or Decimal(0))
-    if job.refund_amount == refunded and (job.payment_status == "refunded") == full:
+    if refunded <= 0:
         return False
+    full = refunded >= (job.amount_charged or Decimal(0))
     values: dict[str, Any] = {
         "refund_amount": refunded,
         "refunded_at": utcnow(),
@@ -47,7 +53,9 @@ def apply_refund_total(job: Job, refunded: Decimal, reason: str, actor: str = "s
     }
     if full:
         values["payment_status"] = "refunded"
-    transition(job.job_id, [job.status or ""], **values)
+    grows = or_(Job.refund_amount.is_(None), Job.refund_amount < refunded)
+    if not transition(job.job_id, JOB_STATUSES, where=[grows], **values):
+        return False
     if full:
         revoke_download(job.job_id)
     kind = "full" if full else "partial"
@@ -57,13 +65,36 @@ def apply_refund_total(job: Job, refunded: Decimal, reason: str, actor: str = "s
     return True
 
 
+def queue_refund_email(job_id: str) -> AfterCommit:
+    """Write the buyer's email about a refund just recorded, in the caller's transaction; return
+    the after-commit action that hands it to RQ.
+
+    Once per refund: only the request or event whose conditional UPDATE recorded the new total
+    calls this. A failed job refunded in full gets the "failed" email instead (it says so), once
+    per job: the automatic refund queues that same one.
+    """
+    job = get_job(job_id)
+    if job is not None and job.status == "failed" and job.payment_status == "refunded":
+        return queue_email("failed", job_id)
+    return queue_email("refunded", job_id, unique=False)
+
+
+@dataclass(frozen=True)
+class Refunded:
+    """What `refund_job` did: the charge's refunded total, and whether this call recorded it."""
+
+    total: Decimal
+    recorded: bool
+
+
 def refund_job(
     job: Job, *, amount: Decimal | None, reason: str, idempotency_key: str, actor: str = "system"
-) -> Decimal:
-    """Refund `amount` (all that remains when None) of a paid job through Stripe; return the total.
+) -> Refunded:
+    """Refund `amount` (all that remains when None) of a paid job through Stripe.
 
     The same `idempotency_key` never refunds twice. The refund columns are filled at once, in the
-    caller's transaction (the `charge.refunded` webhook then finds them recorded).
+    caller's transaction, unless the `charge.refunded` webhook recorded them first (then
+    `recorded` is False, and the webhook tells the buyer; else the caller does).
     """
     if not job.stripe_payment_intent_id:
         raise RefundFailed("the job has no Stripe payment to refund")
@@ -94,10 +125,10 @@ def refund_job(
         total = (job.refund_amount or Decimal(0)) + from_minor_units(
             int(refund.amount), job.currency
         )
-    # The charge.refunded webhook may have recorded it meanwhile: compare with the row as it is.
-    apply_refund_total(get_job(job.job_id) or job, total, reason, actor)
+    # The charge.refunded webhook may have recorded it meanwhile: the UPDATE compares with the row.
+    recorded = apply_refund_total(job, total, reason, actor)
     log.info("job=%s refund=%s amount=%s", job.job_id, refund.id, amount)
-    return total
+    return Refunded(total, recorded)
 
 
 def refund_failed_job(job_id: str) -> str:

@@ -41,3 +41,8 @@ def retrieve_session(session_id: str) -> dict[str, Any]:
 def expire_session(session_id: str) -> None:
     """Close a Checkout Session so that it can no longer be paid."""
     stripe_client().v1.checkout.sessions.expire(session_id)
+
+
+def retrieve_payment_intent(intent_id: str) -> dict[str, Any]:
+    """The PaymentIntent as Stripe has it now (its metadata names the job), as a plain dict."""
+    return stripe_client().v1.payment_intents.retrieve(intent_id).to_dict()

@@ -2,6 +2,13 @@
 
 A webhook event is stored under its unique id in the transaction of its effect; the order page and
 the sweeper ask Stripe about a session and apply its answer the same way.
+
+A session pays or closes a job only if it is the session the job recorded. The job id a session
+carries (metadata, or `client_reference_id`, which a Payment Link's URL can set) is a claim: a paid
+session that claims a job it is not recorded on leaves the job unpaid and is noted on its timeline.
+That holds too in the moment between Stripe creating the job's session and create_checkout storing
+its id: the buyer is sent to pay only after that commit, and the order page (with Stripe's
+`session_id`) and the sweeper ask Stripe about the recorded session afterwards.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ from decimal import Decimal
 from typing import Any
 
 import stripe
+from flask import current_app
+from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -20,15 +29,22 @@ from storefront import funnel, transactions
 from storefront.catalog.pricing import from_minor_units, to_minor_units
 from storefront.extensions import db
 from storefront.jobs.queueing import after_payment
-from storefront.jobs.refunds import apply_refund_total, revoke_download
+from storefront.jobs.refunds import apply_refund_total, queue_refund_email, revoke_download
 from storefront.jobs.state import get_job, record_event, transition
-from storefront.jobs.stripe_api import CheckoutUnavailable, retrieve_session
+from storefront.jobs.stripe_api import (
+    CheckoutUnavailable,
+    retrieve_payment_intent,
+    retrieve_session,
+)
 from storefront.models import Job, StripeEvent, utcnow
+from storefront.queues import redis_connection
 from storefront.transactions import AfterCommit
 
 log = logging.getLogger("smi.payments")
 
 PAID_SESSION_STATES = ("paid", "no_payment_required")
+# The order page asks Stripe about a job's unpaid session at most once in this many seconds.
+SESSION_CHECK_SECONDS = 10
 
 
 @dataclass
@@ -41,22 +57,63 @@ class Outcome:
 
 
 def _job_for_session(session: dict[str, Any]) -> Job | None:
-    job_id = (session.get("metadata") or {}).get("job_id") or session.get("client_reference_id")
-    if job_id:
-        return get_job(str(job_id))
-    return db.session.scalar(select(Job).where(Job.stripe_checkout_session_id == session.get("id")))
-
-
-def _job_by_intent(intent: Any) -> Job | None:
-    if isinstance(intent, dict):
-        intent = intent.get("id")
-    if not intent:
+    """The job that recorded this Checkout Session as its own; None for any other session."""
+    session_id = session.get("id")
+    if not session_id:
         return None
     return db.session.scalar(
         select(Job)
-        .where(Job.stripe_payment_intent_id == str(intent))
+        .where(Job.stripe_checkout_session_id == str(session_id))
         .execution_options(populate_existing=True)
     )
+
+
+def _claimed_job(obj: dict[str, Any]) -> Job | None:
+    """The job a Stripe object names in its metadata or client_reference_id: a claim, no proof."""
+    job_id = (obj.get("metadata") or {}).get("job_id") or obj.get("client_reference_id")
+    return get_job(str(job_id)) if job_id else None
+
+
+def _intent_id(intent: Any) -> str | None:
+    if isinstance(intent, dict):
+        intent = intent.get("id")
+    return str(intent) if intent else None
+
+
+def _job_by_intent(intent: Any) -> Job | None:
+    intent_id = _intent_id(intent)
+    if not intent_id:
+        return None
+    return db.session.scalar(
+        select(Job)
+        .where(Job.stripe_payment_intent_id == intent_id)
+        .execution_options(populate_existing=True)
+    )
+
+
+def _note_foreign_session(session: dict[str, Any]) -> Outcome:
+    """A paid session that names a job but is not its own: the job stays unpaid; tell the owner."""
+    job = _claimed_job(session)
+    if job is None:
+        return Outcome(note="no job for this session")
+    currency = str(session.get("currency") or job.currency).lower()
+    amount = from_minor_units(int(session.get("amount_total") or 0), currency)
+    whose = (
+        "the job's own session is another one"
+        if job.stripe_checkout_session_id
+        else "the job had no session recorded yet (if it is its own, the order page and the "
+        "sweeper apply it once it is)"
+    )
+    record_event(
+        job.job_id,
+        "foreign_session",
+        f"Stripe session {session.get('id')} was paid ({amount} {currency}, payment "
+        f"{_intent_id(session.get('payment_intent'))}) and names this job, but {whose}: it did "
+        "not pay the job. Look into the payment, and refund it in Stripe if it was not for this "
+        "order.",
+    )
+    log.error("job=%s a paid session that is not the job's names it", job.job_id)
+    return Outcome(note="session is not the job's")
 
 
 def _amount_mismatch(job: Job, session: dict[str, Any]) -> str | None:
@@ -76,13 +133,14 @@ def fulfil_checkout_session(session: dict[str, Any]) -> Outcome:
     """Mark the session's job paid, once; part of the caller's transaction.
 
     For `checkout.session.completed` / `async_payment_succeeded`, and for a session the order
-    page or the sweeper asked Stripe about. The upscale is queued after the commit.
+    page or the sweeper asked Stripe about. Only the job's recorded session pays it (see the
+    module's docstring). The upscale is queued after the commit.
     """
-    job = _job_for_session(session)
-    if job is None:
-        return Outcome(note="no job for this session")
     if session.get("payment_status") not in PAID_SESSION_STATES:
         return Outcome(note=f"session payment_status is {session.get('payment_status')}")
+    job = _job_for_session(session)
+    if job is None:
+        return _note_foreign_session(session)
     if job.status not in ("awaiting_payment", "abandoned"):
         return Outcome(note=f"already {job.status}")
     mismatch = _amount_mismatch(job, session)
@@ -93,15 +151,14 @@ def fulfil_checkout_session(session: dict[str, Any]) -> Outcome:
         log.error("job=%s amount mismatch: %s", job.job_id, mismatch)
         return Outcome(note="amount mismatch")
     details = session.get("customer_details") or {}
-    intent = session.get("payment_intent")
     changed = transition(
         job.job_id,
         ["awaiting_payment", "abandoned"],
+        where=[Job.stripe_checkout_session_id == str(session.get("id"))],
         status="pending",
         payment_status="paid",
         paid_at=utcnow(),
-        stripe_payment_intent_id=intent.get("id") if isinstance(intent, dict) else intent,
-        stripe_checkout_session_id=session.get("id"),
+        stripe_payment_intent_id=_intent_id(session.get("payment_intent")),
         email=job.email or str(details.get("email") or session.get("customer_email") or ""),
         error_message=None,
     )
@@ -150,13 +207,31 @@ def settle_session(session: dict[str, Any], abandon_reason: str) -> Outcome:
     return outcome
 
 
+def _may_ask_stripe(job_id: str) -> bool:
+    """True at most once per SESSION_CHECK_SECONDS for a job, across every web process (a Redis
+    key that expires); True as well when Redis cannot say, so that the page still works."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    try:
+        first = redis_connection(app).set(
+            f"smi:stripe-check:{job_id}", "1", nx=True, ex=SESSION_CHECK_SECONDS
+        )
+    except RedisError as exc:
+        log.warning("job=%s no Redis to pace Stripe checks (%s)", job_id, type(exc).__name__)
+        return True
+    return bool(first)
+
+
 def confirm_return(job: Job, session_id: str) -> Job:
     """The buyer came back from Stripe before its webhook: ask Stripe, apply the answer, and
     return the job as it is now.
 
-    Stripe unreachable changes nothing: the webhook will do it, and the order page keeps polling.
+    Only the job's own session is asked about, at most once per SESSION_CHECK_SECONDS (the page
+    reloads itself while it waits). Stripe unreachable changes nothing: the webhook will do it,
+    and the order page keeps polling.
     """
     if job.status != "awaiting_payment" or not session_id:
+        return job
+    if session_id != job.stripe_checkout_session_id or not _may_ask_stripe(job.job_id):
         return job
     try:
         outcome = fulfil_checkout_session(retrieve_session(session_id))
@@ -167,20 +242,62 @@ def confirm_return(job: Job, session_id: str) -> Job:
     return get_job(job.job_id) or job
 
 
-def record_refund(charge: dict[str, Any]) -> Outcome:
-    """`charge.refunded`: fill the refund columns; a full refund also ends download access."""
-    job = _job_by_intent(charge.get("payment_intent"))
+def _paid_before_refund(
+    intent_id: str | None, charge: dict[str, Any]
+) -> tuple[Job | None, Outcome]:
+    """A refund of a payment no job knows: the job the PaymentIntent names, once Stripe confirms
+    that the job's own session was paid by it (applied now, as the order page would).
+
+    A refund of a payment that did not pay the job it names is noted on its timeline. Stripe
+    errors propagate: the webhook answers 5xx, nothing is stored, and Stripe retries.
+    """
+    none = Outcome(note="no job for this charge")
+    if not intent_id:
+        return None, none
+    job = _claimed_job(retrieve_payment_intent(intent_id))
     if job is None:
-        return Outcome(note="no job for this charge")
+        return None, none
+    settled = Outcome()
+    if not job.stripe_payment_intent_id and job.stripe_checkout_session_id:
+        settled = fulfil_checkout_session(retrieve_session(job.stripe_checkout_session_id))
+        paid = _job_by_intent(intent_id)
+        if paid is not None:
+            return paid, settled
+    currency = str(charge.get("currency") or job.currency).lower()
+    refunded = from_minor_units(int(charge.get("amount_refunded") or 0), currency)
+    record_event(
+        job.job_id,
+        "foreign_refund",
+        f"Stripe refunded {refunded} {currency} of payment {intent_id}, which names this job "
+        "but did not pay it; the job's refund columns are unchanged.",
+    )
+    return None, Outcome(
+        note="refund of a payment that did not pay its job", after_commit=settled.after_commit
+    )
+
+
+def record_refund(charge: dict[str, Any]) -> Outcome:
+    """`charge.refunded`: raise the job's refunded total (it never goes down) and tell the buyer,
+    once; a full refund also ends download access."""
+    intent_id = _intent_id(charge.get("payment_intent"))
+    job, settled = _job_by_intent(intent_id), Outcome()
+    if job is None:
+        job, settled = _paid_before_refund(intent_id, charge)
+        if job is None:
+            return settled
     currency = str(charge.get("currency") or job.currency)
     refunded = from_minor_units(int(charge.get("amount_refunded") or 0), currency)
     refunds = ((charge.get("refunds") or {}).get("data")) or []
     latest = refunds[0] if refunds else {}
     reason = (latest.get("metadata") or {}).get("reason") or latest.get("reason") or ""
     if not apply_refund_total(job, refunded, reason):
-        return Outcome(note="refund already recorded")
+        return Outcome(note="refund already recorded", after_commit=settled.after_commit)
     full = refunded >= (job.amount_charged or Decimal(0))
-    return Outcome(changed=True, note="full refund" if full else "partial refund")
+    return Outcome(
+        changed=True,
+        note="full refund" if full else "partial refund",
+        after_commit=[*settled.after_commit, queue_refund_email(job.job_id)],
+    )
 
 
 def record_dispute(dispute: dict[str, Any]) -> Outcome:

@@ -76,6 +76,7 @@ def _write_export(path: Path, kind: str, batches: Iterable[list[Any]]) -> int:
             for rows in batches:
                 for row in rows:
                     if writer is not None:
+                        # As the job list's CSV: text a spreadsheet would run is made plain.
                         writer.writerow([csv_value(value) for value in row])
                     else:
                         record = {c.name: _json_value(v) for c, v in zip(COLUMNS, row, strict=True)}

@@ -41,11 +41,33 @@ JOB_ID_PREFIX_PATTERN = re.compile(r"[0-9a-f]{8}(-[0-9a-f-]{0,27})?", re.I)
 NARROW_SEARCH = 5000
 
 
+# Dates a filter may name: far enough apart for any shop, near enough to add a day to safely.
+EARLIEST_DATE = dt.date(2000, 1, 1)
+LATEST_DATE = dt.date(2999, 12, 31)
+DATE_HINT = f"a date like 2026-01-31, between {EARLIEST_DATE} and {LATEST_DATE}"
+# No list has this many pages; a larger page number is read as this one.
+MAX_PAGE = 1_000_000
+
+
 def parse_date(raw: str | None) -> dt.date | None:
-    """A YYYY-MM-DD date from a form, or None; ValueError if it is malformed."""
-    if not raw:
+    """A YYYY-MM-DD date from a form, or None; ValueError if it is malformed or out of range."""
+    if not raw or not raw.strip():
         return None
-    return dt.date.fromisoformat(raw.strip())
+    if len(raw) > 40:
+        raise ValueError("too long for a date")
+    day = dt.date.fromisoformat(raw.strip())
+    if not EARLIEST_DATE <= day <= LATEST_DATE:
+        raise ValueError(f"{day} is not between {EARLIEST_DATE} and {LATEST_DATE}")
+    return day
+
+
+def parse_page(raw: str | None) -> int:
+    """A page number from the query string: 1 when missing or malformed, at most MAX_PAGE."""
+    text = (raw or "").strip()
+    if not text.isdigit() or not text.isascii():
+        return 1
+    # Compare as text first: int() of a very long string of digits is slow, and refused.
+    return min(MAX_PAGE, max(1, int(text))) if len(text) <= 9 else MAX_PAGE
 
 
 @dataclass(frozen=True)
@@ -79,16 +101,13 @@ class JobFilters:
             try:
                 dates[name] = parse_date(args.get(name))
             except ValueError:
-                errors.append(f"{label} must be a date like 2026-01-31.")
+                errors.append(f"{label} must be {DATE_HINT}.")
                 dates[name] = None
         sort = args.get("sort", "created")
         if sort not in SORTS:
             sort = "created"
         order = "asc" if args.get("order") == "asc" else "desc"
-        try:
-            page = max(1, int(args.get("page", "1")))
-        except ValueError:
-            page = 1
+        page = parse_page(args.get("page"))
         return cls(
             status,
             payment,
@@ -222,8 +241,17 @@ def job_page(filters: JobFilters, per_page: int = PER_PAGE) -> JobPage:
 CSV_COLUMNS = [column.name for column in Job.__table__.columns]
 
 
+# A cell starting with one of these is run as a formula by Excel, LibreOffice or Google Sheets.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+GENUINE_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?")
+
+
 def csv_value(value: Any) -> str:
-    """How one value is written in an export: ISO times, exact decimals, empty for NULL."""
+    """How one value is written in a CSV export: ISO times, exact decimals, empty for NULL, and
+    text a spreadsheet would run as a formula made plain text with a leading `'`.
+
+    Genuine numbers, negative ones too, stay numbers.
+    """
     if value is None:
         return ""
     if isinstance(value, dt.datetime):
@@ -232,7 +260,10 @@ def csv_value(value: Any) -> str:
         return "1" if value else "0"
     if isinstance(value, Decimal):
         return f"{value:.2f}"
-    return str(value)
+    text = str(value)
+    if text.startswith(FORMULA_STARTS) and not GENUINE_NUMBER.fullmatch(text):
+        return "'" + text
+    return text
 
 
 def csv_rows(filters: JobFilters, batch: int = 1000) -> Iterator[str]:
@@ -243,24 +274,11 @@ def csv_rows(filters: JobFilters, batch: int = 1000) -> Iterator[str]:
     query = filtered(filters).with_only_columns(*Job.__table__.columns)
     for chunk in db.session.execute(query.execution_options(yield_per=batch)).partitions():
         for row in chunk:
-            # Cells a spreadsheet would run as a formula are made plain text.
-            writer.writerow([_no_formula(csv_value(value)) for value in row])
+            writer.writerow([csv_value(value) for value in row])
         yield buffer.getvalue()
         buffer.seek(0)
         buffer.truncate()
     yield buffer.getvalue()
-
-
-def _no_formula(text: str) -> str:
-    return "'" + text if text[:1] in ("=", "+", "-", "@") and not _is_number(text) else text
-
-
-def _is_number(text: str) -> bool:
-    try:
-        Decimal(text)
-    except ArithmeticError:
-        return False
-    return True
 
 
 @dataclass(frozen=True)

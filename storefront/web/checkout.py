@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, redirect, request
+from flask import Blueprint, redirect, request, session
 from flask.typing import ResponseReturnValue
 
+from storefront import settings
 from storefront.catalog.library import find_attachment
-from storefront.jobs.checkout import create_checkout
+from storefront.extensions import limiter
+from storefront.jobs.checkout import start_checkout
 from storefront.jobs.stripe_api import CheckoutUnavailable
 from storefront.web.errors import render_error
 from storefront.web.forms import CheckoutForm
@@ -15,21 +17,34 @@ from storefront.web.shop import render_image_page
 
 bp = Blueprint("checkout", __name__)
 
+TOO_MANY_CHECKOUTS = (
+    "You've pressed Buy many times in a short while, so we've paused it for this connection. "
+    "Nothing was charged. Wait a few minutes, then try again."
+)
+
+
+def _checkout_rate_limit() -> str:
+    return str(settings.get("CHECKOUT_RATE_LIMIT"))
+
 
 @bp.post("/checkout")
+@limiter.limit(_checkout_rate_limit, error_message=TOO_MANY_CHECKOUTS)
 def start() -> ResponseReturnValue:
-    """Create the job and its Checkout Session, then send the buyer to Stripe (303)."""
+    """Send the buyer to Stripe (303): to the session this browser opened for the same order while
+    it is open, else to a new job's. Limited per client address (CHECKOUT_RATE_LIMIT)."""
     form = CheckoutForm()
     attachment = find_attachment(form.attachment_id.data or "")
     if attachment is None:
         return render_error(400, "That image isn't in the catalog. Go back and choose another.")
     if not form.validate():
         return render_image_page(attachment, form, status=400)
+    remembered = [str(job_id) for job_id in session.get("orders", [])]
     try:
-        job, url = create_checkout(
+        job, url = start_checkout(
             attachment,
             form.resolution.data,
             form.email.data or "",
+            remembered=remembered,
             user_agent=request.headers.get("User-Agent", ""),
         )
     except ValueError as exc:
@@ -41,5 +56,6 @@ def start() -> ResponseReturnValue:
             "We couldn't reach our payment provider, so nothing was charged. "
             "Please try again in a few minutes.",
         )
-    remember_order(job.job_id)
+    if job.job_id not in remembered:
+        remember_order(job.job_id)
     return redirect(url, code=303)

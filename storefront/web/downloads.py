@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
-from flask import Blueprint, Response, current_app, render_template, request, send_file
+from flask import Blueprint, Response, abort, current_app, render_template, request, send_file
 from flask.typing import ResponseReturnValue
-from redis.exceptions import RedisError
+from werkzeug.http import parse_date
 
+from storefront import settings
+from storefront.extensions import limiter
 from storefront.formatting import local_time
 from storefront.jobs.delivery import (
     DownloadRequest,
     Link,
     LinkState,
+    Served,
     download_filename,
     find_link,
+    finish_download,
     record_download,
+    requested_span,
     send_fresh_link,
 )
-from storefront.queues import redis_connection
+from storefront.models import Job
 from storefront.web.forms import ResendForm
 
 log = logging.getLogger("smi.downloads")
@@ -62,52 +70,124 @@ def landing(token: str) -> ResponseReturnValue:
 
 @bp.get("/download/<token>/file")
 def file(token: str) -> ResponseReturnValue:
-    """The file itself, with Range support; a download is counted once, not per range request."""
+    """The file itself, with Range support; the link is charged the bytes it sends.
+
+    A link whose downloads are used up may still finish an interrupted one: `record_download`
+    refuses (410) only a response that would take it past DOWNLOAD_MAX_COUNT file sizes.
+    """
     link = find_link(token)
-    if link.state is not LinkState.READY:
+    if link.state not in (LinkState.READY, LinkState.LIMIT_REACHED):
         return _render_link(link)
     job = link.job
     assert job is not None
-    path = link.file_path()
-    range_header = request.headers.get("Range", "")
-    accel = current_app.config.get("DOWNLOAD_ACCEL_PREFIX") or ""
-    if accel:
-        response = Response(status=200)
-        response.headers["X-Accel-Redirect"] = f"{accel.rstrip('/')}/{job.upscaled_file_path}"
-        response.headers["Content-Type"] = _mimetype(path.suffix)
-        response.headers["Content-Disposition"] = f'attachment; filename="{download_filename(job)}"'
-    else:
-        response = send_file(
-            path,
-            mimetype=_mimetype(path.suffix),
-            as_attachment=True,
-            download_name=download_filename(job),
-            conditional=True,
-            etag=True,
-            max_age=0,
-        )
-    starts_download = response.status_code in (200, 206) and (
-        response.status_code == 200
-        or response.headers.get("Content-Range", "").startswith("bytes 0-")
+    job_id, path = job.job_id, link.file_path()
+    accel = str(settings.get("DOWNLOAD_ACCEL_PREFIX") or "")
+    response, served = _handed_to_nginx(job, path, accel) if accel else _streamed(job, path)
+    details = DownloadRequest(
+        ip=request.remote_addr or "",
+        user_agent=request.headers.get("User-Agent") or "",
+        range_header=request.headers.get("Range", ""),
     )
-    # A resumed download (a range past byte 0) continues one already counted.
-    allowed, counted = record_download(
-        job.job_id,
-        DownloadRequest(
-            ip=request.remote_addr or "",
-            user_agent=request.headers.get("User-Agent") or "",
-            range_header=range_header,
-        ),
-        bytes_sent=int(response.headers.get("Content-Length") or 0),
-        starts_download=starts_download and request.method == "GET",
-    )
-    if not allowed:
+    # What the app streams is logged as it closes, with the bytes that really went out.
+    streamed = not accel and served.length > 0
+    if not record_download(job_id, details, served, streamed=streamed):
         response.close()
         return _render_link(Link(LinkState.LIMIT_REACHED, job))
+    if streamed:
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        response.response = SentCounter(
+            response.response,  # type: ignore[arg-type]  # send_file's body is bytes
+            lambda sent: finish_download(app, job_id, details, served, sent),
+        )
     response.headers["Cache-Control"] = "no-store"
     response.headers["Referrer-Policy"] = "no-referrer"
-    log.info("job=%s download status=%s counted=%s", job.job_id, response.status_code, counted)
+    log.info("job=%s download status=%s bytes=%s", job_id, response.status_code, served.length)
     return response
+
+
+def _streamed(job: Job, path: Path) -> tuple[Response, Served]:
+    """The file sent by the app (Range, If-Range, ETag: send_file's), and the bytes it carries."""
+    response = send_file(
+        path,
+        mimetype=_mimetype(path.suffix),
+        as_attachment=True,
+        download_name=download_filename(job),
+        conditional=True,
+        etag=True,
+        max_age=0,
+    )
+    sends_body = request.method != "HEAD" and response.status_code in (200, 206)
+    start = response.content_range.start if response.status_code == 206 else 0
+    length = (response.content_length or 0) if sends_body else 0
+    return response, Served(start or 0, length, path.stat().st_size)
+
+
+def _handed_to_nginx(job: Job, path: Path, prefix: str) -> tuple[Response, Served]:
+    """An X-Accel-Redirect for nginx to send the file, and the bytes nginx will send.
+
+    nginx honours Range itself, so the app reads it the same way: one range, else 416 (nginx
+    would send several as one multipart answer); the whole file when If-Range does not match.
+    """
+    stat = path.stat()
+    size = stat.st_size
+    span: tuple[int, int] | None = (0, size)
+    if "Range" in request.headers and _if_range_holds(size, stat.st_mtime):
+        span = requested_span(request.headers["Range"], size)
+    if span is None:
+        abort(416)
+    response = Response(status=200)
+    response.headers["X-Accel-Redirect"] = f"{prefix.rstrip('/')}/{job.upscaled_file_path}"
+    response.headers["Content-Type"] = _mimetype(path.suffix)
+    response.headers["Content-Disposition"] = f'attachment; filename="{download_filename(job)}"'
+    length = span[1] if request.method != "HEAD" else 0
+    return response, Served(span[0], length, size)
+
+
+def _if_range_holds(size: int, mtime: float) -> bool:
+    """Whether nginx applies Range: no If-Range, or one naming its ETag or Last-Modified."""
+    value = request.headers.get("If-Range", "")
+    if not value:
+        return True
+    if value == f'"{int(mtime):x}-{size:x}"':  # nginx's ETag: mtime and size in hex
+        return True
+    date = parse_date(value)
+    return date is not None and int(date.timestamp()) == int(mtime)
+
+
+class SentCounter:
+    """A response body that counts the bytes the server wrote and reports them when it closes.
+
+    A chunk counts once the server asks for the next one or the body ends, so a chunk whose write
+    failed when the buyer went away is not counted.
+    """
+
+    def __init__(self, body: Iterable[bytes], on_close: Callable[[int], None]) -> None:
+        self._body = body
+        self._chunks = iter(body)
+        self._on_close = on_close
+        self._sent = 0
+        self._pending = 0
+        self._closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        self._sent += self._pending
+        self._pending = 0
+        chunk = next(self._chunks)
+        self._pending = len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        """Close the file, then record what was sent (once: servers may close twice)."""
+        if self._closed:
+            return
+        self._closed = True
+        close = getattr(self._body, "close", None)
+        if close is not None:
+            close()
+        self._on_close(self._sent)
 
 
 def _mimetype(suffix: str) -> str:
@@ -116,26 +196,23 @@ def _mimetype(suffix: str) -> str:
     )
 
 
-def _rate_limited(email: str) -> bool:
-    """More fresh-link requests this hour, for this address or this IP, than allowed."""
-    limit = int(current_app.config["RESEND_PER_HOUR"])
-    keys = [
-        "smi:resend:email:" + hashlib.sha256(email.strip().lower().encode()).hexdigest(),
-        "smi:resend:ip:" + (request.remote_addr or "unknown"),
-    ]
-    try:
-        connection = redis_connection(current_app._get_current_object())  # type: ignore[attr-defined]
-        pipe = connection.pipeline()
-        for key in keys:
-            pipe.incr(key)
-            pipe.expire(key, 3600, nx=True)
-        counts = pipe.execute()[::2]
-    except RedisError:
-        log.warning("resend rate limit unavailable: Redis is down")
-        return False
-    email_count, ip_count = (int(count) for count in counts)
-    # Several buyers can share an address (an office, a phone network): the IP gets more room.
-    return email_count > limit or ip_count > limit * 4
+TOO_MANY_RESENDS = "That's a lot of requests for fresh links. Please wait an hour and try again."
+
+
+def _resend_email_key() -> str:
+    """The email address asked about, lower-cased, as an HMAC: the limiter never stores it."""
+    email = (request.form.get("email") or "").strip().lower()
+    secret = str(current_app.config["SECRET_KEY"]).encode()
+    return "email:" + hmac.new(secret, email.encode(), hashlib.sha256).hexdigest()
+
+
+def _resends_per_email() -> str:
+    return f"{int(settings.get('RESEND_PER_HOUR'))}/hour"
+
+
+def _resends_per_client() -> str:
+    # Several buyers can share an address (an office, a phone network): it gets more room.
+    return f"{int(settings.get('RESEND_PER_HOUR')) * 4}/hour"
 
 
 @bp.get("/download/resend")
@@ -146,14 +223,16 @@ def resend_form() -> ResponseReturnValue:
 
 
 @bp.post("/download/resend")
+@limiter.limit(_resends_per_email, key_func=_resend_email_key, error_message=TOO_MANY_RESENDS)
+@limiter.limit(_resends_per_client, error_message=TOO_MANY_RESENDS)
 def resend() -> ResponseReturnValue:
-    """Mail a fresh link to an order's email; the answer says nothing about whether it matched."""
+    """Mail a fresh link to an order's email; the answer says nothing about whether it matched.
+
+    Limited to RESEND_PER_HOUR per email address asked about, and four times that per client.
+    """
     form = ResendForm()
     if not form.validate():
         body = render_template("downloads/resend.html", form=form, sent=False)
         return body, 400
-    if _rate_limited(form.email.data):
-        body = render_template("downloads/resend.html", form=form, sent=False, limited=True)
-        return body, 429
     send_fresh_link(form.email.data, form.job_id.data)
     return render_template("downloads/resend.html", form=form, sent=True)

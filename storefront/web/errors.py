@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import logging
+import math
+import time
 
 from flask import Flask, render_template
+from flask.typing import ResponseReturnValue
+from flask_limiter import RateLimitExceeded
 from flask_wtf.csrf import CSRFError
+from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-from storefront.extensions import db
+from storefront.extensions import db, limiter
 
 log = logging.getLogger("smi.errors")
 
@@ -33,12 +38,28 @@ def render_error(status: int, detail: str | None = None) -> tuple[str, int]:
     ), status
 
 
+def _retry_after(error: RateLimitExceeded) -> int:
+    """Seconds until the window of the limit that was exceeded ends."""
+    window = error.limit.limit.get_expiry()
+    current = limiter.current_limit
+    try:
+        wait = current.reset_at - time.time() if current is not None else window
+    except RedisError:
+        wait = window
+    return max(1, min(window, math.ceil(wait)))
+
+
 def register_error_handlers(app: Flask) -> None:
     """Route every HTTP error and unhandled exception to a friendly page."""
 
     @app.errorhandler(CSRFError)
     def csrf_error(error: CSRFError) -> tuple[str, int]:
         return render_error(400, "The form had expired. Go back, reload the page and try again.")
+
+    @app.errorhandler(RateLimitExceeded)
+    def rate_limited(error: RateLimitExceeded) -> ResponseReturnValue:
+        body, status = render_error(429, error.description)
+        return body, status, {"Retry-After": str(_retry_after(error))}
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> tuple[str, int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, abort, render_template, request, session
+from flask import Blueprint, abort, redirect, render_template, request, session, url_for
 from flask.typing import ResponseReturnValue
 
 from storefront.jobs.state import get_job
@@ -95,9 +95,17 @@ def order_state(job: Job) -> dict[str, Any]:
 
 @bp.get("/orders/<job_id>")
 def show(job_id: str) -> ResponseReturnValue:
-    """The order page; fulfils the payment itself if the buyer beat Stripe's webhook here."""
+    """The order page; fulfils the payment itself if the buyer beat Stripe's webhook here.
+
+    Back from Stripe with `?session_id=`, which is enough to open the order, the browser is sent
+    on (303) to the page's address without it, once its cookie remembers the order: the id does
+    not stay in the address bar, the history or a Referer.
+    """
     job = _authorised_job(job_id)
-    job = confirm_return(job, request.args.get("session_id", ""))
+    session_id = request.args.get("session_id", "")
+    job = confirm_return(job, session_id)
+    if session_id:
+        return redirect(url_for("orders.show", job_id=job.job_id), 303)
     resend_form = ResendForm(job_id=job.job_id)
     return render_template(
         "orders/show.html", job=job, state=order_state(job), resend_form=resend_form

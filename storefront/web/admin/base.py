@@ -74,10 +74,8 @@ def require_admin() -> ResponseReturnValue | None:
 
 @bp.after_request
 def _no_caching(response: Response) -> Response:
+    # The security headers every page has are storefront/web/security.py's.
     response.headers["Cache-Control"] = "no-store"
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Referrer-Policy"] = "same-origin"
-    response.headers["X-Content-Type-Options"] = "nosniff"
     return response
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from flask import abort, current_app, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
@@ -14,11 +16,20 @@ from storefront.catalog.editing import (
     update_image,
     upload_image,
 )
-from storefront.catalog.library import posts_with_images
+from storefront.catalog.library import MAX_ID, posts_with_images
 from storefront.extensions import db
 from storefront.models import Attachment, Post
 from storefront.web.admin.base import admin_name, bp
 from storefront.web.admin.forms import ConfirmForm, ImageForm, PostForm, UploadForm
+
+ModelT = TypeVar("ModelT", Post, Attachment)
+
+
+def _get_or_404(model: type[ModelT], ident: int) -> ModelT:
+    """The row with this id, or 404: an id larger than any the database holds is not found."""
+    if ident > MAX_ID:
+        abort(404)
+    return db.get_or_404(model, ident)
 
 
 @bp.get("/catalog")
@@ -61,7 +72,7 @@ def _upload_form() -> UploadForm:
 @bp.route("/catalog/posts/<int:post_id>", methods=["GET", "POST"])
 def post_edit(post_id: int) -> ResponseReturnValue:
     """Change a post; its images, and a form to upload one more."""
-    post = db.get_or_404(Post, post_id)
+    post = _get_or_404(Post, post_id)
     form = PostForm(obj=post)
     if form.validate_on_submit():
         try:
@@ -94,7 +105,7 @@ def _render_post(
 def image_upload(post_id: int) -> ResponseReturnValue:
     """Upload an image to a post: type and size checked, dimensions read, stored in storage."""
     try:
-        return _upload(db.get_or_404(Post, post_id))
+        return _upload(_get_or_404(Post, post_id))
     finally:
         # A large upload is spooled to a temporary file: close it now, not at garbage collection.
         for upload in request.files.values():
@@ -130,7 +141,7 @@ def _upload(post: Post) -> ResponseReturnValue:
 @bp.route("/catalog/images/<int:attachment_id>", methods=["GET", "POST"])
 def image_edit(attachment_id: int) -> ResponseReturnValue:
     """An image's title, alt text and whether it is for sale."""
-    attachment = db.get_or_404(Attachment, attachment_id)
+    attachment = _get_or_404(Attachment, attachment_id)
     form = ImageForm(obj=attachment)
     error = None
     if form.validate_on_submit():
@@ -162,7 +173,7 @@ def image_edit(attachment_id: int) -> ResponseReturnValue:
 @bp.post("/catalog/images/<int:attachment_id>/remove")
 def image_remove(attachment_id: int) -> ResponseReturnValue:
     """Remove an image, unless a paid job still needs it."""
-    attachment = db.get_or_404(Attachment, attachment_id)
+    attachment = _get_or_404(Attachment, attachment_id)
     if request.form.get("confirm") != "yes":
         abort(400)
     post_id = attachment.post_id

@@ -9,7 +9,7 @@ from flask.typing import ResponseReturnValue
 
 from storefront.models import utcnow
 from storefront.reports.dashboard import DEFAULT_DAYS, DateRange, build_dashboard
-from storefront.reports.job_list import parse_date
+from storefront.reports.job_list import EARLIEST_DATE, LATEST_DATE, parse_date
 from storefront.web.admin.base import bp
 
 MAX_RANGE_DAYS = 366
@@ -23,7 +23,10 @@ def date_range_from_args() -> tuple[DateRange, list[str]]:
         start = parse_date(request.args.get("from")) or default.start
         end = parse_date(request.args.get("to")) or default.end
     except ValueError:
-        return default, ["Dates look like 2026-01-31; showing the last 30 days."]
+        return default, [
+            f"Dates look like 2026-01-31, between {EARLIEST_DATE} and {LATEST_DATE}; "
+            "showing the last 30 days."
+        ]
     if start > end:
         errors.append("The range starts after it ends; the dates were swapped.")
         start, end = end, start

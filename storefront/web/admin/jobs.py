@@ -28,6 +28,7 @@ from storefront.reports.job_list import (
 )
 from storefront.web.admin.base import admin_name, bp, new_request_id
 from storefront.web.admin.forms import ConfirmForm, ExtendForm, RefundForm
+from storefront.web.errors import render_error
 
 
 @bp.get("/jobs")
@@ -46,8 +47,11 @@ def jobs() -> ResponseReturnValue:
 
 @bp.get("/jobs.csv")
 def jobs_csv() -> ResponseReturnValue:
-    """The filtered list as CSV, every column, streamed."""
+    """The filtered list as CSV, every column, streamed; 400 when a filter is malformed."""
     filters = JobFilters.from_args(request.args)
+    if filters.errors:
+        # The list page drops a bad filter and says so; a download would silently hold more.
+        return render_error(400, " ".join(filters.errors))
     stamp = utcnow().strftime("%Y%m%d-%H%M")
     return Response(
         stream_with_context(csv_rows(filters)),

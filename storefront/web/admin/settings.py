@@ -6,6 +6,7 @@ from flask import current_app, flash, redirect, render_template, request, url_fo
 from flask.typing import ResponseReturnValue
 
 from storefront.accounts.audit import audit_page
+from storefront.reports.job_list import parse_page
 from storefront.settings_editor import (
     EDITABLE_BY_NAME,
     SettingRow,
@@ -54,10 +55,7 @@ def settings_save() -> ResponseReturnValue:
 @bp.get("/audit")
 def audit_log() -> ResponseReturnValue:
     """The audit log, newest first."""
-    try:
-        page = max(1, int(request.args.get("page", "1")))
-    except ValueError:
-        page = 1
+    page = parse_page(request.args.get("page"))
     rows, more = audit_page(page, AUDIT_PER_PAGE)
     return render_template(
         "admin/audit.html",
