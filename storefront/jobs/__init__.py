@@ -3,8 +3,8 @@
 In the order a job lives them: offers (what may be bought of an image, priced, with its engine) ·
 checkout (the job and its Checkout Session) · stripe_events (Stripe's word: paid, expired,
 refunded, disputed) · queueing (RQ ids and enqueueing) · outcomes (claimed, completed, failed) ·
-emails and outbox (each email a row first) · delivery (download tokens, the deliverable rule, counting) · refunds · recovery (the
-sweeper). Beside them: state (conditional transitions and the timeline), stripe_api, estimates
-(engine time, plain arithmetic), upsampler_links (signed URLs for Upsampler.com) and actions
-(what the owner may do to a job).
+emails and outbox (each email a row first) · delivery (download tokens, the deliverable rule,
+counting) · refunds · recovery (the sweeper). Beside them: state (conditional transitions and the
+timeline), stripe_api, estimates (engine time, plain arithmetic), upsampler_links (signed URLs for
+Upsampler.com) and actions (what the owner may do to a job).
 """
