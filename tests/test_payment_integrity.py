@@ -274,6 +274,28 @@ def test_a_refund_that_arrives_before_the_payment_is_recorded_is_applied(
     ]
 
 
+def test_a_refund_before_its_payment_waits_for_stripe_when_stripe_is_down(
+    live_app: LiveApp, stripe_local: LocalStripe
+) -> None:
+    job = _buy(live_app.app, live_app.app.test_client())
+    stripe_local.set_webhook(None, None)
+    session = stripe_local.pay(job.stripe_checkout_session_id or "")  # its event is lost
+    assert stripe_local.wait_idle(15)
+    stripe_local.set_webhook(f"{live_app.url}/webhooks/stripe", SECRET)
+    # Applying the refund needs the PaymentIntent from Stripe, which fails for a while (the SDK
+    # tries three times): the webhook says "later" (503), stores nothing, and Stripe retries.
+    stripe_local.fail_next(500, count=3, path="/v1/payment_intents")
+    stripe_client(live_app.app).v1.refunds.create(
+        {"payment_intent": session["payment_intent"], "amount": 20}
+    )
+    assert stripe_local.wait_idle(15)
+    statuses = [d["status"] for d in stripe_local.deliveries("charge.refunded")]
+    assert statuses[0] == 503 and statuses[-1] == 200
+    assert _stored("charge.refunded") == 1
+    after = fresh(job.job_id)
+    assert (after.payment_status, after.refund_amount) == ("paid", Decimal("0.20"))
+
+
 def test_a_refund_of_a_payment_that_never_paid_the_job_leaves_it_alone(
     live_app: LiveApp, stripe_local: LocalStripe
 ) -> None:

@@ -24,6 +24,7 @@ MESSAGES = {
     405: ("That isn't how this page works", "Try going back and using the buttons on the page."),
     410: ("This link has expired", "It worked once, but its time is up."),
     413: ("That file is too large", "Try a smaller one."),
+    416: ("That part of the file isn't there", "Start the download again from the beginning."),
     429: ("Slow down a little", "Too many requests in a short time. Wait a minute and try again."),
     500: ("Something went wrong on our side", "We've noted it. Please try again in a moment."),
     503: ("We're briefly unavailable", "Please try again in a moment."),
