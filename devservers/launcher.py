@@ -32,6 +32,11 @@ class Child:
     process: subprocess.Popen[bytes]
 
 
+def _pairs(command: list[str]) -> list[tuple[str, str]]:
+    """Each argument with the one before it, so a secret's value is known by its flag."""
+    return list(zip(["", *command[:-1]], command, strict=True))
+
+
 @dataclass
 class Launcher:
     """Starts children, watches them, and stops them all."""
@@ -39,7 +44,9 @@ class Launcher:
     children: list[Child] = field(default_factory=list)
 
     def start(self, name: str, command: list[str], env: dict[str, str]) -> Child:
-        print(f"  starting {name}: {' '.join(command)}", flush=True)
+        # A secret's value (the local webhook secret) is not printed.
+        shown = " ".join("…" if "secret" in flag else part for flag, part in _pairs(command))
+        print(f"  starting {name}: {shown}", flush=True)
         process = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
         child = Child(name, process)
         self.children.append(child)
