@@ -186,6 +186,24 @@ def set_webhook() -> Response:
     return json_response({"url": url, "secret_set": bool(secret)})
 
 
+@bp.post("/webhook/hold")
+def hold_deliveries() -> Response:
+    """Keep every webhook delivery back (resends too) until `/webhook/release`."""
+    dispatcher = runtime().dispatcher
+    dispatcher.hold()
+    return json_response({"holding": True, "held": len(dispatcher.held())})
+
+
+@bp.post("/webhook/release")
+def release_deliveries() -> Response:
+    """Send the held deliveries one after another, shuffled by JSON `seed` if given; keep holding
+    later ones when `keep_holding` is true."""
+    data = _body()
+    keep = data.get("keep_holding") in (True, "true", "1", 1)
+    released = runtime().dispatcher.release(_int(data, "seed"), keep_holding=keep)
+    return json_response({"released": released, "holding": keep})
+
+
 @bp.post("/reset")
 def reset() -> Response:
     """Forget every object, event, delivery, idempotency key and armed failure."""

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import logging
+import random
 import threading
 import time
 from collections import deque
@@ -38,6 +39,9 @@ class WebhookDispatcher:
     Events of one stream (a Checkout Session and everything that follows from it) go out in
     the order they were created: a later event waits while an earlier one is being retried.
     With `ordered=False` every event is delivered on its own, as real Stripe does.
+
+    `hold()` keeps every delivery back until `release()`, which sends them one after another,
+    shuffled if asked: out of order, as a chaos test wants them.
     """
 
     def __init__(
@@ -61,27 +65,63 @@ class WebhookDispatcher:
         self._generation = 0
         self._stopping = False
         self._sequence = 0
+        self._held: list[str] | None = None
 
     def enqueue(self, event_id: str, stream: str) -> None:
         """Queue one delivery of `event_id`; never blocks on the network."""
         with self._cond:
             if self._stopping:
                 return
+            if self._held is not None:
+                self._held.append(event_id)
+                return
             if not self.ordered:
                 self._sequence += 1
                 stream = f"{event_id}#{self._sequence}"
-            self._queues.setdefault(stream, deque()).append(event_id)
-            if stream not in self._workers:
-                worker = threading.Thread(
-                    target=self._run,
-                    args=(stream, self._generation),
-                    name=f"stripe-local-webhook-{stream[:24]}",
-                    daemon=True,
-                )
-                self._workers[stream] = worker
-                self._all_threads = [t for t in self._all_threads if t.is_alive()]
-                self._all_threads.append(worker)
-                worker.start()
+            self._start(event_id, stream)
+
+    def hold(self) -> None:
+        """Keep every delivery from now on (resends too) until `release`."""
+        with self._cond:
+            if self._held is None:
+                self._held = []
+
+    def held(self) -> list[str]:
+        """The event ids of the deliveries held back, in the order they were queued."""
+        with self._cond:
+            return list(self._held or [])
+
+    def release(self, seed: int | None = None, *, keep_holding: bool = False) -> list[str]:
+        """Send the held deliveries one after another in one stream (shuffled by `seed`, else in
+        the order they were queued) and stop holding unless `keep_holding`; return their ids in
+        the order they go out."""
+        with self._cond:
+            held = list(self._held or [])
+            self._held = [] if keep_holding else None
+            if seed is not None:
+                random.Random(seed).shuffle(held)
+            self._sequence += 1
+            stream = f"released#{self._sequence}"
+            for event_id in held:
+                if not self._stopping:
+                    self._start(event_id, stream)
+            return held
+
+    def _start(self, event_id: str, stream: str) -> None:
+        """Queue `event_id` on `stream`, starting the stream's thread if it has none; the caller
+        holds the condition's lock."""
+        self._queues.setdefault(stream, deque()).append(event_id)
+        if stream not in self._workers:
+            worker = threading.Thread(
+                target=self._run,
+                args=(stream, self._generation),
+                name=f"stripe-local-webhook-{stream[:24]}",
+                daemon=True,
+            )
+            self._workers[stream] = worker
+            self._all_threads = [t for t in self._all_threads if t.is_alive()]
+            self._all_threads.append(worker)
+            worker.start()
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Wait until no delivery is queued or in flight; return False on timeout."""
@@ -94,6 +134,8 @@ class WebhookDispatcher:
             self._generation += 1
             self._queues.clear()
             self._workers.clear()
+            if self._held is not None:
+                self._held = []
             self._cond.notify_all()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -101,6 +143,7 @@ class WebhookDispatcher:
         with self._cond:
             self._stopping = True
             self._queues.clear()
+            self._held = None
             self._cond.notify_all()
             threads = list(self._all_threads)
         deadline = time.monotonic() + timeout

@@ -92,12 +92,16 @@ def _app() -> Flask:
     return current_app._get_current_object()  # type: ignore[attr-defined]
 
 
-def issue_download_token(job_id: str) -> str | None:
+def issue_download_token(job_id: str, token: str | None = None) -> str | None:
     """Give a completed job a new token (the old one stops working); None if it can't have one.
 
-    Part of the caller's transaction; the token goes in the email and nowhere else.
+    `token` when the caller derived it (an email sent again carries the same link); otherwise a
+    random one. Part of the caller's transaction; the token goes in the email and nowhere else.
     """
-    token, digest = new_token()
+    if token is None:
+        token, digest = new_token()
+    else:
+        digest = token_digest(token)
     changed = transition(job_id, ["completed"], where=deliverable_where(), download_token=digest)
     return token if changed else None
 

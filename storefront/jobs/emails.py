@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 from dataclasses import dataclass
 from email.utils import formataddr, parseaddr
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import current_app, render_template
 from flask_mail import Message
@@ -103,7 +106,7 @@ def deliver(kind: str, job_id: str, outbox_id: str = "") -> str:
         # The token exists in clear only here and in the message; the database keeps its digest.
         # It replaces the job's current token now, not before: a fresh link's old one works until
         # this email goes out.
-        token = issue_download_token(job_id)
+        token = issue_download_token(job_id, _row_token(row) if row is not None else None)
         if token is None:
             transactions.rollback()
             return _done(row, f"not deliverable ({job.status}/{job.payment_status})")
@@ -117,7 +120,12 @@ def deliver(kind: str, job_id: str, outbox_id: str = "") -> str:
         return _done(row, "no address")
     if spec.to_admin and not current_app.config.get("ADMIN_EMAIL"):
         return _done(row, "no admin address")
-    send(build_message(kind, job, **context))
+    message = build_message(kind, job, **context)
+    if row is not None:
+        # The same outbox row sent again (the worker died after SMTP took it, before the commit)
+        # is the same message: one Message-ID for mail clients, and a link that still works.
+        message.msgId = _row_message_id(row)
+    send(message)
     if kind in ("ready", "link"):
         transition(job_id, ["completed"], email_sent=True)
     recipient = "admin" if spec.to_admin else "buyer"
@@ -125,6 +133,18 @@ def deliver(kind: str, job_id: str, outbox_id: str = "") -> str:
     outcome = _done(row, "sent")
     log.info("job=%s email=%s sent", job_id, kind)
     return outcome
+
+
+def _row_token(outbox_id: int) -> str:
+    """The download token an outbox row's email carries: secret, and the same at every try."""
+    key = str(current_app.config["SECRET_KEY"]).encode()
+    return hmac.new(key, f"smi-download-token:{outbox_id}".encode(), hashlib.sha256).hexdigest()
+
+
+def _row_message_id(outbox_id: int) -> str:
+    """The Message-ID of an outbox row's email, the same at every try."""
+    host = urlsplit(str(current_app.config["PUBLIC_BASE_URL"])).hostname or "localhost"
+    return f"<smi-outbox-{outbox_id}@{host}>"
 
 
 def _done(outbox_id: int | None, outcome: str) -> str:
