@@ -1,7 +1,7 @@
 """idempotent Upsampler submissions
 
 Revision ID: 0007_upsampler_submission
-Revises: 0006_sign_in_by_address
+Revises: 0005_email_outbox
 Create Date: 2026-12-01 22:30:00
 
 """
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision = '0007_upsampler_submission'
-down_revision = '0006_sign_in_by_address'
+down_revision = '0005_email_outbox'
 branch_labels = None
 depends_on = None
 
