@@ -26,6 +26,8 @@ from devservers.common import ServerThread
 from devservers.smtp_sink import SinkHandler, start_sink
 from devservers.stripe_local import LocalStripe
 from devservers.stripe_local import start_server as start_stripe
+from devservers.upsampler_local import LocalUpsampler
+from devservers.upsampler_local import start_server as start_upsampler
 from storefront import create_app
 from storefront.extensions import db
 
@@ -282,6 +284,23 @@ def rq_jobs_ended(redis_url: str, shop_job_id: str) -> bool:
         return all(job.get_status() in RQ_ENDED for job in about)
     finally:
         connection.close()
+
+
+UPSAMPLER_TEST_KEY = "up_test_secret_key"
+
+
+@pytest.fixture
+def upsampler(live_app: LiveApp) -> Iterator[LocalUpsampler]:
+    """The local Upsampler server, with the app set to upscale through it."""
+    with start_upsampler(api_key=UPSAMPLER_TEST_KEY, callback_retry_delay=0.1) as local:
+        live_app.app.config.update(
+            UPSCALER="upsampler",
+            UPSAMPLER_API_KEY=UPSAMPLER_TEST_KEY,
+            UPSAMPLER_API_BASE=local.api_base,
+            UPSAMPLER_RESULT_HOSTS=("127.0.0.1",),
+            UPSAMPLER_POLL_SECONDS=1,
+        )
+        yield local
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.1) -> Any:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
@@ -19,7 +19,6 @@ from sqlalchemy import func, select
 from devservers.smtp_sink import SinkHandler
 from devservers.stripe_local import LocalStripe
 from devservers.upsampler_local import LocalUpsampler
-from devservers.upsampler_local import start_server as start_upsampler
 from storefront.extensions import db
 from storefront.jobs.upsampler_links import callback_signature
 from storefront.models import Job, JobEvent, utcnow
@@ -28,21 +27,6 @@ from tests.conftest import LiveApp, WorkerProcess, wait_until
 from tests.factories import make_attachment
 
 # Tests that start real worker processes are marked `slow`: `make test-fast` leaves them out.
-KEY = "up_test_secret_key"
-
-
-@pytest.fixture
-def upsampler(live_app: LiveApp) -> Iterator[LocalUpsampler]:
-    """The local Upsampler server, with the app set to upscale through it."""
-    with start_upsampler(api_key=KEY, callback_retry_delay=0.1) as local:
-        live_app.app.config.update(
-            UPSCALER="upsampler",
-            UPSAMPLER_API_KEY=KEY,
-            UPSAMPLER_API_BASE=local.api_base,
-            UPSAMPLER_RESULT_HOSTS=("127.0.0.1",),
-            UPSAMPLER_POLL_SECONDS=1,
-        )
-        yield local
 
 
 def _image_size(source: object) -> tuple[int, int]:

@@ -32,13 +32,18 @@ from werkzeug.wrappers import Request, Response
 from devservers.common import QuietHandler, ServerThread
 from devservers.stripe_local import LocalStripe
 from devservers.upsampler_local import LocalUpsampler
-from devservers.upsampler_local import start_server as start_upsampler
 from storefront import transactions
 from storefront.extensions import db
 from storefront.jobs.outcomes import begin_submission
 from storefront.models import Job, JobEvent, utcnow
 from storefront.storage import resolve
-from tests.conftest import LiveApp, WorkerProcess, config_as_environment, wait_until
+from tests.conftest import (
+    UPSAMPLER_TEST_KEY,
+    LiveApp,
+    WorkerProcess,
+    config_as_environment,
+    wait_until,
+)
 from tests.factories import make_attachment, make_job
 from worker.engines.imaging import UnsupportedImage, image_size
 from worker.upsampler_client import (
@@ -50,7 +55,7 @@ from worker.upsampler_client import (
     fetch_result,
 )
 
-KEY = "up_hardening_key"
+KEY = UPSAMPLER_TEST_KEY
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAX_BYTES = 10_000_000
 UNCERTAIN = "never paid for twice"
@@ -67,20 +72,6 @@ OTHER = _png(colour=(200, 10, 10))
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture
-def upsampler(live_app: LiveApp) -> Iterator[LocalUpsampler]:
-    """The local Upsampler server, with the app set to upscale through it."""
-    with start_upsampler(api_key=KEY, callback_retry_delay=0.1) as local:
-        live_app.app.config.update(
-            UPSCALER="upsampler",
-            UPSAMPLER_API_KEY=KEY,
-            UPSAMPLER_API_BASE=local.api_base,
-            UPSAMPLER_RESULT_HOSTS=("127.0.0.1",),
-            UPSAMPLER_POLL_SECONDS=1,
-        )
-        yield local
 
 
 def _paid(live: LiveApp, stripe_local: LocalStripe) -> Job:
