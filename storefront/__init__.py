@@ -63,7 +63,8 @@ def _init_extensions(app: Flask) -> None:
     from storefront.extensions import csrf, db, mail, migrate
 
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
-    Path(app.config["STORAGE_DIR"]).mkdir(parents=True, exist_ok=True)
+    if app.config["STORAGE_BACKEND"] == "local":
+        Path(app.config["STORAGE_DIR"]).mkdir(parents=True, exist_ok=True)
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
         # Web, worker and sweeper write at once: wait for a lock rather than fail at once.
         options = app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {})

@@ -98,7 +98,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DATABASE_URL", str, None, help="SQLAlchemy URL; default sqlite:///<instance>/smi.db"),
     Setting("REDIS_URL", str, "redis://127.0.0.1:6379/0", help="Redis for RQ"),
     Setting("PUBLIC_BASE_URL", str, "http://127.0.0.1:5000", help="absolute base for links"),
-    Setting("STORAGE_DIR", str, None, help="root of originals and deliveries"),
+    Setting("STORAGE_BACKEND", str.lower, "local", help="local (STORAGE_DIR) or s3 (a bucket)"),
+    Setting("STORAGE_DIR", str, None, help="root of stored files with the local backend"),
+    Setting("S3_BUCKET", str, None, help="the bucket of the s3 backend"),
+    Setting("S3_PREFIX", str, "", help="keys under this prefix in the bucket"),
+    Setting("S3_ENDPOINT_URL", str, "", help="an S3-compatible endpoint; empty: AWS"),
+    Setting("AWS_ACCESS_KEY_ID", str, None, help="empty: boto3's own credential chain"),
+    Setting("AWS_SECRET_ACCESS_KEY", str, None, help="the secret of that key"),
+    Setting("AWS_DEFAULT_REGION", str, None, help="the bucket's region"),
+    Setting("WORK_DIR", str, None, help="this process's temporary files; the system's temp dir"),
+    Setting("DOWNLOAD_URL_SECONDS", int, 300, 10, 7 * 24 * 3600, help="presigned URLs live"),
     Setting("STRIPE_SECRET_KEY", str, None, help="Stripe secret API key"),
     Setting("STRIPE_WEBHOOK_SECRET", str, None, help="Stripe webhook signing secret"),
     Setting("STRIPE_API_BASE", str, None, help="base URL of a Stripe-compatible server"),
@@ -226,6 +235,10 @@ def load_settings(
 
     if settings["UPSCALER"] not in ("local", "neural", "upsampler"):
         raise ConfigError(f"UPSCALER must be local, neural or upsampler: {settings['UPSCALER']}")
+    if settings["STORAGE_BACKEND"] not in ("local", "s3"):
+        raise ConfigError(f"STORAGE_BACKEND must be local or s3: {settings['STORAGE_BACKEND']}")
+    if settings["STORAGE_BACKEND"] == "s3" and not settings["S3_BUCKET"]:
+        raise ConfigError("STORAGE_BACKEND=s3 needs S3_BUCKET")
     if settings["NEURAL_OVER_LIMIT"] not in ("local", "unavailable"):
         raise ConfigError("NEURAL_OVER_LIMIT must be local or unavailable")
     development = settings["SMI_ENV"] == "development"

@@ -17,8 +17,7 @@ from flask.testing import FlaskClient
 from storefront import create_app
 from storefront.extensions import db
 from storefront.models import AdminUser, Attachment, Job, utcnow
-from storefront.storage import resolve
-from tests.factories import make_attachment, make_job
+from tests.factories import make_attachment, make_job, resolve
 
 ADMIN_EMAIL = "olive@shop.test"
 ADMIN_PASSWORD = "correct horse battery staple"

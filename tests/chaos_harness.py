@@ -63,9 +63,8 @@ from storefront.jobs.emails import KINDS
 from storefront.jobs.recovery import STALE_GRACE, sweep
 from storefront.models import EmailOutbox, Job, JobEvent, utcnow
 from storefront.queues import DEFAULT_QUEUE, UPSCALE_QUEUE
-from storefront.storage import resolve
 from tests.conftest import config_as_environment, wait_for_redis
-from tests.factories import make_attachment, make_post
+from tests.factories import make_attachment, make_post, resolve
 
 ROOT = Path(__file__).resolve().parent.parent
 WEBHOOK_SECRET = "whsec_chaos"

@@ -154,6 +154,7 @@ def app_config(
         "SECRET_KEY": "test-secret-key",
         "DATABASE_URL": _fresh_database_url(migrated_database, tmp_path),
         "STORAGE_DIR": str(tmp_path / "storage"),
+        "WORK_DIR": str(tmp_path / "work"),
         "REDIS_URL": redis_url,
         "PUBLIC_BASE_URL": "http://shop.test",
         "WTF_CSRF_ENABLED": False,

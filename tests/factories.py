@@ -13,9 +13,23 @@ from flask import Flask
 
 from storefront.extensions import db
 from storefront.models import Attachment, Job, Post
-from storefront.storage import resolve
+from storefront.storage import backend, temporary_path
 
 _counter = itertools.count(1)
+
+
+def resolve(app: Flask, key: str) -> Path:
+    """The file of a storage key, with the local backend (tests that look at files on disk)."""
+    path = backend(app).local_path(key)
+    assert path is not None, "this test needs STORAGE_BACKEND=local"
+    return path
+
+
+def store_bytes(app: Flask, key: str, data: bytes, content_type: str = "image/jpeg") -> None:
+    """Put `data` in storage under `key`, whichever the backend."""
+    source = temporary_path(app)
+    source.write_bytes(data)
+    backend(app).put_file(key, source, content_type)
 
 
 def make_post(**fields: Any) -> Post:
@@ -48,7 +62,8 @@ def make_attachment(app: Flask, post: Post | None = None, **fields: Any) -> Atta
     height = fields.pop("height", 150)
     number = next(_counter)
     relative = f"originals/{post.slug}/image-{number}.jpg"
-    write_test_image(resolve(app, relative), width, height)
+    source = write_test_image(temporary_path(app, ".jpg"), width, height)
+    stored = backend(app).put_file(relative, source, "image/jpeg")
     values: dict[str, Any] = {
         "post": post,
         "file_path": relative,
@@ -56,7 +71,7 @@ def make_attachment(app: Flask, post: Post | None = None, **fields: Any) -> Atta
         "mime_type": "image/jpeg",
         "width": width,
         "height": height,
-        "file_size": resolve(app, relative).stat().st_size,
+        "file_size": stored.size,
         "alt_text": f"Test image {number}",
         "title": f"Image {number}",
         "for_sale": True,

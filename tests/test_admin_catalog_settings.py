@@ -14,14 +14,13 @@ from sqlalchemy import select
 
 from devservers.smtp_sink import SinkHandler
 from storefront import create_app, settings
-from storefront.catalog.library import preview_path
+from storefront.catalog.library import ensure_preview
 from storefront.extensions import db
 from storefront.jobs.emails import deliver, sender
 from storefront.models import AdminAction, AppSetting, Attachment, Post
-from storefront.storage import resolve
 from tests import admin_helpers
 from tests.admin_helpers import completed_job, fresh, text
-from tests.factories import make_attachment, make_job, make_post, write_test_image
+from tests.factories import make_attachment, make_job, make_post, resolve, write_test_image
 
 admin_user = admin_helpers.admin_user
 admin_client = admin_helpers.admin_client
@@ -172,7 +171,7 @@ def test_remove_an_image_no_paid_job_needs(app: Flask, admin_client: FlaskClient
     delivered = completed_job(app, attachment)
     db.session.commit()
     original = resolve(app, attachment.file_path)
-    preview = preview_path(app, attachment, "thumb")
+    preview = resolve(app, ensure_preview(app, attachment, "thumb").key)
     response = admin_client.post(
         f"/admin/catalog/images/{attachment.id}/remove", data={"confirm": "yes"}
     )

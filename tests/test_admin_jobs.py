@@ -23,11 +23,10 @@ from storefront.extensions import db
 from storefront.jobs.delivery import new_token
 from storefront.jobs.state import record_event
 from storefront.models import AdminAction, DownloadLog, Job, JobEvent, StripeEvent, utcnow
-from storefront.storage import resolve
 from tests import admin_helpers
 from tests.admin_helpers import ADMIN_NAME, completed_job, fresh, request_id, text
 from tests.conftest import LiveApp, wait_until
-from tests.factories import make_attachment, make_job
+from tests.factories import make_attachment, make_job, resolve
 from worker.context import use_app
 
 admin_user = admin_helpers.admin_user

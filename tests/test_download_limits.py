@@ -16,9 +16,9 @@ from werkzeug.test import TestResponse
 from storefront.extensions import db
 from storefront.jobs.delivery import renew_link, token_digest
 from storefront.models import DownloadLog, Job
-from storefront.storage import resolve
 from tests.admin_helpers import completed_job, fresh
 from tests.conftest import LiveApp, wait_until
+from tests.factories import resolve
 
 TOKEN = "0123456789abcdef" * 4
 SIZE = 100_000

@@ -71,10 +71,11 @@ def test_healthz_answers(client: FlaskClient) -> None:
     assert response.status_code == 200 and response.json == {"status": "ok"}
 
 
-def test_readyz_reports_database_and_redis(client: FlaskClient) -> None:
+def test_readyz_reports_database_redis_and_storage(client: FlaskClient) -> None:
     response = client.get("/readyz")
     assert response.status_code == 200
-    assert response.json == {"status": "ready", "checks": {"database": "ok", "redis": "ok"}}
+    checks = {"database": "ok", "redis": "ok", "storage": "ok"}
+    assert response.json == {"status": "ready", "checks": checks}
 
 
 def test_readyz_is_503_naming_redis_when_it_is_down(app_config: dict) -> None:

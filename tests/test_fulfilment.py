@@ -20,9 +20,8 @@ from devservers.smtp_sink import SinkHandler, text_of
 from devservers.stripe_local import LocalStripe
 from storefront.extensions import db
 from storefront.models import DownloadLog, Job, JobEvent, utcnow
-from storefront.storage import resolve
 from tests.conftest import LiveApp, WorkerProcess, wait_until
-from tests.factories import make_attachment
+from tests.factories import make_attachment, resolve
 
 pytestmark = pytest.mark.slow
 

@@ -25,10 +25,10 @@ from storefront.maintenance import archive, cleanup
 from storefront.maintenance import operations as maintenance
 from storefront.maintenance.report import MaintenanceError
 from storefront.models import AdminAction, DownloadLog, Job, JobEvent, utcnow
-from storefront.storage import resolve
+from storefront.storage import backend
 from tests import admin_helpers
 from tests.admin_helpers import completed_job, fresh, text
-from tests.factories import make_attachment, make_job
+from tests.factories import make_attachment, make_job, resolve
 from worker.context import use_app
 from worker.schedule import next_run, schedule_maintenance
 from worker.tasks import run_maintenance
@@ -48,7 +48,7 @@ def _age(path: Path, by: dt.timedelta) -> None:
 
 def _snapshot(app: Flask) -> tuple[list[tuple[Any, ...]], list[str]]:
     rows = [tuple(row) for row in db.session.execute(select(*Job.__table__.columns))]
-    files = sorted(str(p) for p in resolve(app, ".").rglob("*"))
+    files = sorted(found.key for found in backend(app).objects(""))
     return rows, files
 
 

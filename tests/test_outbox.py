@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from pathlib import Path
 
 from flask import Flask
 from flask.testing import FlaskClient
@@ -24,9 +23,9 @@ from storefront.jobs.outcomes import complete_job
 from storefront.jobs.queueing import after_payment, hand_over
 from storefront.jobs.recovery import sweep
 from storefront.models import EmailOutbox, Job, utcnow
-from storefront.storage import resolve
+from storefront.storage import backend
 from tests.admin_helpers import completed_job
-from tests.factories import make_attachment, make_job
+from tests.factories import make_attachment, make_job, store_bytes
 from worker.context import use_app
 
 LINK = re.compile(r"/download/([0-9a-f]{64})")
@@ -215,9 +214,10 @@ def test_the_ready_email_is_written_in_the_transaction_that_completes_the_job(
         email="ned@example.com",
     )
     db.session.commit()
-    output: Path = resolve(app, f"deliveries/{job.job_id}/out.jpg")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_bytes(b"upscaled")
+    key = f"deliveries/{job.job_id}/out.jpg"
+    store_bytes(app, key, b"upscaled")
+    output = backend(app).stat(key)
+    assert output is not None
     _redis_down(app)
     assert complete_job(job, output) == "completed"
     assert [(row.kind, row.handed_at) for row in _outbox(job.job_id)] == [("ready", None)]

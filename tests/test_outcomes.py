@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from flask import Flask
 
@@ -12,9 +10,9 @@ from storefront.jobs.delivery import delivery_path
 from storefront.jobs.outcomes import complete_job
 from storefront.jobs.state import get_job
 from storefront.models import Job
-from storefront.storage import resolve
+from storefront.storage import backend, work_dir
 from tests.admin_helpers import completed_job
-from tests.factories import make_attachment, make_job, write_test_image
+from tests.factories import make_attachment, make_job, resolve, write_test_image
 from worker.output import WrongSize, write_output
 
 
@@ -28,17 +26,21 @@ def _processing_job(app: Flask, **fields: object) -> Job:
 def test_the_writer_moves_a_checked_output_into_the_jobs_place(app: Flask) -> None:
     job = _processing_job(app)
     final = write_output(job, ".jpg", lambda out: write_test_image(out, 160, 120))
-    assert final == resolve(app, delivery_path(job, ".jpg"))
-    assert final.name == f"{job.post.slug}-{job.attachment_id}-4x.jpg"
-    assert [p.name for p in final.parent.iterdir()] == [final.name]
+    assert final.key == delivery_path(job, ".jpg")
+    path = resolve(app, final.key)
+    assert path.name == f"{job.post.slug}-{job.attachment_id}-4x.jpg"
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+    assert final.size == path.stat().st_size
+    assert list(work_dir(app).iterdir()) == []  # the work file became the stored one
 
 
 def test_the_writer_refuses_a_wrong_size_and_leaves_nothing(app: Flask) -> None:
     job = _processing_job(app)
     with pytest.raises(WrongSize, match="expected 160×120"):
         write_output(job, ".jpg", lambda out: write_test_image(out, 161, 120))
-    folder = resolve(app, delivery_path(job, ".jpg")).parent
-    assert list(folder.iterdir()) == []
+    assert backend(app).stat(delivery_path(job, ".jpg")) is None
+    assert list(backend(app).objects("deliveries/")) == []
+    assert list(work_dir(app).iterdir()) == []
 
 
 def test_a_size_within_the_tolerance_passes(app: Flask) -> None:
@@ -46,7 +48,7 @@ def test_a_size_within_the_tolerance_passes(app: Flask) -> None:
     final = write_output(
         job, ".png", lambda out: write_test_image(out, 161, 119, "png"), tolerance=1
     )
-    assert final.is_file()
+    assert resolve(app, final.key).is_file()
 
 
 def test_an_attempt_that_lost_the_race_keeps_the_winners_file(app: Flask) -> None:
@@ -54,7 +56,9 @@ def test_an_attempt_that_lost_the_race_keeps_the_winners_file(app: Flask) -> Non
     # finds it completed already and must not delete what the first recorded.
     job = completed_job(app)
     recorded = resolve(app, job.upscaled_file_path or "")
-    assert complete_job(job, recorded) == "discarded"
+    stored = backend(app).stat(job.upscaled_file_path or "")
+    assert stored is not None
+    assert complete_job(job, stored) == "discarded"
     assert recorded.read_bytes() == b"upscaled image bytes"
     fresh = get_job(job.job_id)
     assert fresh is not None and fresh.status == "completed"
@@ -69,6 +73,6 @@ def test_a_job_refunded_while_it_was_upscaled_is_not_delivered(app: Flask) -> No
     )
     db.session.commit()
     assert complete_job(job, output) == "discarded"
-    assert not Path(output).exists()
+    assert not resolve(app, output.key).exists()
     fresh = get_job(job.job_id)
     assert fresh is not None and fresh.status == "processing" and fresh.upscaled_file_path is None

@@ -22,9 +22,8 @@ from devservers.upsampler_local import LocalUpsampler
 from storefront.extensions import db
 from storefront.jobs.upsampler_links import callback_signature
 from storefront.models import Job, JobEvent, utcnow
-from storefront.storage import resolve
 from tests.conftest import LiveApp, WorkerProcess, wait_until
-from tests.factories import make_attachment
+from tests.factories import make_attachment, resolve
 
 # Tests that start real worker processes are marked `slow`: `make test-fast` leaves them out.
 

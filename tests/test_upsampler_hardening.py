@@ -36,7 +36,6 @@ from storefront import transactions
 from storefront.extensions import db
 from storefront.jobs.outcomes import begin_submission
 from storefront.models import Job, JobEvent, utcnow
-from storefront.storage import resolve
 from tests.conftest import (
     UPSAMPLER_TEST_KEY,
     LiveApp,
@@ -44,7 +43,7 @@ from tests.conftest import (
     config_as_environment,
     wait_until,
 )
-from tests.factories import make_attachment, make_job
+from tests.factories import make_attachment, make_job, resolve
 from worker.engines.imaging import UnsupportedImage, image_size
 from worker.upsampler_client import (
     UpsamplerClient,

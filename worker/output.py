@@ -1,13 +1,12 @@
 """The one output writer: every engine and the Upsampler collection write a delivered file here.
 
-The file is made under a temporary name beside its final place, its pixel size is checked, and only
-then is it renamed into place, so a delivered path never names a partial or wrong file.
+The file is made in this worker's WORK_DIR, its pixel size is checked, and only then is it put in
+storage (renamed into place on a disk, or uploaded in parts to a bucket, where the object appears
+when its last part is in), so a delivered key never names a partial or wrong file.
 """
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,9 +14,16 @@ from flask import current_app
 
 from storefront.jobs.delivery import delivery_path
 from storefront.models import Job
-from storefront.storage import resolve
+from storefront.storage import StoredObject, backend, temporary_path
 from worker.engines.base import PermanentUpscaleError
 from worker.engines.imaging import image_size
+
+MIME_TYPES = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".webp": "image/webp",
+}
 
 
 class WrongSize(PermanentUpscaleError):
@@ -26,14 +32,14 @@ class WrongSize(PermanentUpscaleError):
 
 def write_output(
     job: Job, suffix: str, produce: Callable[[Path], object], *, tolerance: int = 0
-) -> Path:
-    """Run `produce(temporary_path)`, check the result's size, and move it to the job's place.
+) -> StoredObject:
+    """Run `produce(temporary_path)`, check the result's size, and store it as the job's file.
 
     The size must be the original's times the job's factor, within `tolerance` pixels a side.
+    A storage failure (StorageError) is transient: RQ tries again, and the last try refunds.
     """
-    final = resolve(current_app._get_current_object(), delivery_path(job, suffix))  # type: ignore[attr-defined]
-    final.parent.mkdir(parents=True, exist_ok=True)
-    temporary = final.with_name(f".tmp-{uuid.uuid4().hex}{suffix}")
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    temporary = temporary_path(app, suffix)
     try:
         produce(temporary)
         expected = ((job.image_width or 0) * job.factor, (job.image_height or 0) * job.factor)
@@ -42,7 +48,7 @@ def write_output(
             raise WrongSize(
                 f"the output is {actual[0]}×{actual[1]}, expected {expected[0]}×{expected[1]}"
             )
-        os.replace(temporary, final)
+        content_type = MIME_TYPES.get(suffix.lower(), "application/octet-stream")
+        return backend(app).put_file(delivery_path(job, suffix), temporary, content_type)
     finally:
         temporary.unlink(missing_ok=True)
-    return final

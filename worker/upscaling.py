@@ -12,7 +12,7 @@ from storefront.jobs.estimates import engine_for
 from storefront.jobs.outcomes import claim_job, complete_job, fail_job, give_back, note_engine
 from storefront.jobs.state import get_job
 from storefront.models import Job
-from storefront.storage import resolve
+from storefront.storage import StoredObject, backend
 from worker import upsampler
 from worker.engines import PermanentUpscaleError, get_engine
 from worker.output import write_output
@@ -56,21 +56,23 @@ def upscale_job(job_id: str) -> str:
     return complete_job(job, output)
 
 
-def _make_output(job: Job) -> Path:
-    """Run the tier's engine on the original, through the output writer."""
+def _make_output(job: Job) -> StoredObject:
+    """Run the tier's engine on (a local copy of) the original, through the output writer."""
     attachment = job.attachment
     if attachment is None:
         raise PermanentUpscaleError("the image is no longer in the catalog")
-    source = resolve(current_app._get_current_object(), attachment.file_path)  # type: ignore[attr-defined]
-    if not source.is_file():
+    storage = backend(current_app._get_current_object())  # type: ignore[attr-defined]
+    if storage.stat(attachment.file_path) is None:
         raise PermanentUpscaleError("the original file is missing")
-    suffix = source.suffix.lower() if source.suffix.lower() in DELIVERED_SUFFIXES else ".png"
+    original_suffix = Path(attachment.file_path).suffix.lower()
+    suffix = original_suffix if original_suffix in DELIVERED_SUFFIXES else ".png"
     config = current_app.config
     # A tier over the neural engine's time guard is offered on the local engine (or not at all);
     # a paid job whose settings changed since is never failed for it: local does it then.
     name = engine_for(attachment.width, attachment.height, job.factor, config) or "local"
     engine = get_engine(name, config)
     note_engine(job.job_id, name)
-    return write_output(
-        job, suffix, lambda temporary: engine.upscale(source, job.factor, temporary)
-    )
+    with storage.local_copy(attachment.file_path) as source:
+        return write_output(
+            job, suffix, lambda temporary: engine.upscale(source, job.factor, temporary)
+        )

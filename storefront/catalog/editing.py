@@ -18,13 +18,20 @@ from storefront.catalog.library import (
     PREVIEW_SIZES,
     ImageInfo,
     add_image,
+    preview_key,
     read_image_info,
     slugify,
 )
 from storefront.extensions import db
 from storefront.formatting import format_bytes
 from storefront.models import Attachment, Job, Post
-from storefront.storage import resolve, safe_filename, storage_root
+from storefront.storage import (
+    TEMPORARY_PREFIX,
+    backend,
+    remove_stored_file,
+    safe_filename,
+    work_dir,
+)
 
 log = logging.getLogger("smi.admin")
 
@@ -76,7 +83,7 @@ def _unique_name(app: Flask, post: Post, filename: str) -> str:
     name = safe_filename(filename)
     stem, suffix = Path(name).stem, Path(name).suffix.lower()
     candidate, number = f"{stem}{suffix}", 1
-    while resolve(app, f"originals/{post.slug}/{candidate}").exists():
+    while backend(app).stat(f"originals/{post.slug}/{candidate}") is not None:
         number += 1
         candidate = f"{stem}-{number}{suffix}"
     return candidate
@@ -131,9 +138,7 @@ def upload_image(
     if suffix not in ALLOWED_SUFFIXES:
         raise CatalogError("Upload a JPEG, PNG or WebP image (.jpg, .jpeg, .png or .webp).")
     limit = int(app.config["ADMIN_UPLOAD_MAX_BYTES"])
-    work = storage_root(app) / "tmp"
-    work.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(dir=work, prefix=".tmp-upload-"))
+    folder = Path(tempfile.mkdtemp(dir=work_dir(app), prefix=f"{TEMPORARY_PREFIX}upload-"))
     try:
         source = folder / _unique_name(app, post, filename)
         _receive(stream, source, limit)
@@ -214,10 +219,8 @@ def remove_image(app: Flask, attachment: Attachment, admin: str) -> None:
     db.session.delete(attachment)
     log_action(admin, "image_removed", f"image:{image_id}", relative)
     transactions.commit()
-    for path in [resolve(app, relative)] + [
-        storage_root(app) / "previews" / size / f"{image_id}.jpg" for size in PREVIEW_SIZES
-    ]:
-        path.unlink(missing_ok=True)
+    for key in [relative] + [preview_key(image_id, size) for size in PREVIEW_SIZES]:
+        remove_stored_file(app, key)
 
 
 def paid_job_count(attachment: Attachment) -> int:

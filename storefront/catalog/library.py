@@ -16,7 +16,7 @@ from storefront import transactions
 from storefront.extensions import db
 from storefront.images import displayed_size
 from storefront.models import Attachment, Post
-from storefront.storage import resolve, safe_filename, storage_root
+from storefront.storage import StoredObject, backend, safe_filename, temporary_path
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo" / "images"
 PREVIEW_SIZES = {"thumb": 480, "large": 1200}
@@ -93,9 +93,12 @@ def add_image(app: Flask, post: Post, source: Path, *, title: str, alt_text: str
     """Copy an image file into storage and add it to `post` (the caller commits)."""
     info = read_image_info(source)
     relative = f"originals/{post.slug}/{safe_filename(source.name)}"
-    target = resolve(app, relative)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, target)
+    copy = temporary_path(app, source.suffix)
+    try:
+        shutil.copyfile(source, copy)
+        stored = backend(app).put_file(relative, copy, info.mime_type)
+    finally:
+        copy.unlink(missing_ok=True)
     attachment = Attachment(
         post=post,
         file_path=relative,
@@ -103,7 +106,7 @@ def add_image(app: Flask, post: Post, source: Path, *, title: str, alt_text: str
         mime_type=info.mime_type,
         width=info.width,
         height=info.height,
-        file_size=target.stat().st_size,
+        file_size=stored.size,
         alt_text=alt_text,
         title=title,
         for_sale=True,
@@ -129,23 +132,32 @@ def seed_demo(app: Flask) -> int:
     return added
 
 
-def preview_path(app: Flask, attachment: Attachment, size: str) -> Path:
-    """A JPEG preview of `attachment`, made once and kept under storage."""
+def preview_key(attachment_id: int, size: str) -> str:
+    """Where, in storage, an image's preview of one size lives."""
+    return f"previews/{size}/{attachment_id}.jpg"
+
+
+def ensure_preview(app: Flask, attachment: Attachment, size: str) -> StoredObject:
+    """A JPEG preview of `attachment`, made once (again when the original is newer) and stored."""
     if size not in PREVIEW_SIZES:
         raise ValueError(f"unknown preview size {size!r}")
-    target = storage_root(app) / "previews" / size / f"{attachment.id}.jpg"
-    original = resolve(app, attachment.file_path)
-    if target.exists() and target.stat().st_mtime >= original.stat().st_mtime:
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    storage = backend(app)
+    key = preview_key(attachment.id, size)
+    found = storage.stat(key)
+    original = storage.stat(attachment.file_path)
+    if found is not None and (original is None or found.modified >= original.modified):
+        return found
     edge = PREVIEW_SIZES[size]
-    thumb = pyvips.Image.thumbnail(str(original), edge, height=edge, size="down")
-    if thumb.hasalpha():
-        thumb = thumb.flatten(background=[255, 255, 255])
-    tmp = target.with_name(f".tmp-{target.name}")
-    thumb.jpegsave(str(tmp), Q=85, strip=True, optimize_coding=True, interlace=True)
-    tmp.replace(target)
-    return target
+    made = temporary_path(app, ".jpg")
+    try:
+        with storage.local_copy(attachment.file_path) as source:
+            thumb = pyvips.Image.thumbnail(str(source), edge, height=edge, size="down")
+            if thumb.hasalpha():
+                thumb = thumb.flatten(background=[255, 255, 255])
+            thumb.jpegsave(str(made), Q=85, strip=True, optimize_coding=True, interlace=True)
+        return storage.put_file(key, made, "image/jpeg")
+    finally:
+        made.unlink(missing_ok=True)
 
 
 def slugify(text: str) -> str:

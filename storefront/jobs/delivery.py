@@ -21,7 +21,7 @@ from storefront.extensions import db
 from storefront.jobs.queueing import queue_email
 from storefront.jobs.state import record_event, transition
 from storefront.models import DownloadLog, Job, utcnow
-from storefront.storage import resolve
+from storefront.storage import StoredObject, backend
 
 log = logging.getLogger("smi.delivery")
 
@@ -64,12 +64,17 @@ def is_deliverable(job: Job) -> bool:
 
 def file_kept(job: Job) -> bool:
     """Whether the job's delivered file is still in storage."""
+    return stored_file(job) is not None
+
+
+def stored_file(job: Job) -> StoredObject | None:
+    """The job's delivered file as storage has it, or None when it has none (any more)."""
     if not job.upscaled_file_path:
-        return False
+        return None
     try:
-        return resolve(_app(), job.upscaled_file_path).is_file()
+        return backend(_app()).stat(job.upscaled_file_path)
     except ValueError:
-        return False
+        return None
 
 
 def delivered_name(job: Job, suffix: str) -> str:
@@ -124,6 +129,7 @@ class Link:
 
     state: LinkState
     job: Job | None = None
+    stored: StoredObject | None = None
 
     @property
     def downloads_left(self) -> int:
@@ -132,11 +138,6 @@ class Link:
             return 0
         limit = int(settings.get("DOWNLOAD_MAX_COUNT"))
         return max(0, limit - (self.job.download_count or 0))
-
-    def file_path(self) -> Path:
-        """The absolute path of the delivered file."""
-        assert self.job is not None and self.job.upscaled_file_path
-        return resolve(_app(), self.job.upscaled_file_path)
 
 
 def find_link(token: str) -> Link:
@@ -155,11 +156,12 @@ def find_link(token: str) -> Link:
         return Link(LinkState.EXPIRED, job)
     if not job.upscaled_file_path:
         return Link(LinkState.FILE_GONE, job)
-    link = Link(LinkState.READY, job)
-    if not link.file_path().is_file():
+    stored = stored_file(job)
+    if stored is None:
         return Link(LinkState.FILE_GONE, job)
+    link = Link(LinkState.READY, job, stored)
     if link.downloads_left <= 0:
-        return Link(LinkState.LIMIT_REACHED, job)
+        return Link(LinkState.LIMIT_REACHED, job, stored)
     return link
 
 

@@ -8,7 +8,6 @@ import datetime as dt
 import logging
 import secrets
 from decimal import Decimal
-from pathlib import Path
 
 from flask import current_app
 from sqlalchemy import and_, or_
@@ -19,7 +18,7 @@ from storefront.jobs.queueing import enqueue_upsampler_check, queue_email
 from storefront.jobs.refunds import refund_failed_job
 from storefront.jobs.state import get_job, record_event, transition
 from storefront.models import Job, utcnow
-from storefront.storage import storage_root
+from storefront.storage import StoredObject, remove_stored_file
 
 log = logging.getLogger("smi.worker")
 
@@ -129,14 +128,13 @@ def record_submission(job_id: str, provider_job_id: str, first_check_in: int, ke
 
 
 def complete_job(
-    job: Job, output: Path, *, credits_used: int = 0, cost: Decimal = Decimal("0.00")
+    job: Job, output: StoredObject, *, credits_used: int = 0, cost: Decimal = Decimal("0.00")
 ) -> str:
     """Record the delivered file and its token in one transaction, then queue the email.
 
     A job refunded (or taken over) meanwhile is not completed, and the file is deleted.
     """
-    relative = output.relative_to(storage_root(current_app)).as_posix()
-    size = output.stat().st_size
+    relative, size = output.key, output.size
     _token, digest = new_token()  # replaced by the email task, which shows its own token once
     hours = int(settings.get("DOWNLOAD_EXPIRY_HOURS"))
     completed = transition(
@@ -160,10 +158,10 @@ def complete_job(
         # Two attempts of one job (a requeued one beside one thought dead) write the same path:
         # the one that lost must not delete the file the winner recorded.
         if current is None or current.upscaled_file_path != relative:
-            output.unlink(missing_ok=True)
+            remove_stored_file(current_app, relative)
         log.warning("job=%s was no longer processing and paid; output discarded", job.job_id)
         return "discarded"
-    record_event(job.job_id, "completed", f"{output.name}, {size} bytes")
+    record_event(job.job_id, "completed", f"{relative.rsplit('/', 1)[-1]}, {size} bytes")
     # The emails are written in this transaction: Redis being down cannot lose them.
     emails = [queue_email("ready", job.job_id)]
     if job.amount_charged is not None and cost > job.amount_charged:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 from flask import Flask
 from itsdangerous import BadSignature, Signer, URLSafeTimedSerializer
 
 from storefront.jobs.queueing import enqueue_upsampler_check
 from storefront.jobs.state import get_job
-from storefront.storage import resolve
+from storefront.storage import StoredObject, backend
 
 log = logging.getLogger("smi.provider")
 
@@ -27,7 +26,15 @@ def _callback_signer(app: Flask) -> Signer:
 
 
 def original_url(app: Flask, job_id: str) -> str:
-    """A URL of the job's original that only works for a few hours, for the provider to fetch."""
+    """A URL of the job's original that only works for a few hours, for the provider to fetch:
+    the bucket's own (presigned) with object storage, else the shop's signed `/originals/`."""
+    job = get_job(job_id)
+    if job is not None and job.attachment is not None:
+        url = backend(app).download_url(
+            job.attachment.file_path, ORIGINAL_URL_SECONDS, content_type=job.attachment.mime_type
+        )
+        if url is not None:
+            return url
     token = _original_serializer(app).dumps(job_id)
     return f"{app.config['PUBLIC_BASE_URL']}/originals/{token}"
 
@@ -72,9 +79,9 @@ def accept_callback(app: Flask, job_id: str, signature: str) -> bool:
 
 @dataclass(frozen=True)
 class Original:
-    """An original image file and its type."""
+    """An original image in storage and its type."""
 
-    path: Path
+    stored: StoredObject
     mime_type: str
 
 
@@ -84,5 +91,5 @@ def original_for_token(app: Flask, token: str) -> Original | None:
     job = get_job(job_id) if job_id else None
     if job is None or job.attachment is None or job.status not in ("pending", "processing"):
         return None
-    path = resolve(app, job.attachment.file_path)
-    return Original(path, job.attachment.mime_type) if path.is_file() else None
+    stored = backend(app).stat(job.attachment.file_path)
+    return Original(stored, job.attachment.mime_type) if stored is not None else None

@@ -8,11 +8,7 @@ still works never loses its file. `dry_run` counts what would be done and change
 from __future__ import annotations
 
 import datetime as dt
-import os
-import shutil
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 from flask import Flask, current_app
 from sqlalchemy import ColumnElement, and_, or_, select, update
@@ -22,7 +18,7 @@ from storefront.extensions import db
 from storefront.jobs.state import record_event
 from storefront.maintenance.report import Report, finish
 from storefront.models import Job, utcnow
-from storefront.storage import remove_stored_file, resolve, storage_root
+from storefront.storage import TEMPORARY_PREFIX, backend, remove_stored_file
 
 TEMP_MAX_AGE = dt.timedelta(days=1)
 BATCH = 500
@@ -34,10 +30,10 @@ def _app() -> Flask:
 
 def _file_size(app: Flask, relative: str) -> int:
     try:
-        path = resolve(app, relative)
-        return path.stat().st_size if path.is_file() else 0
-    except (OSError, ValueError):
+        found = backend(app).stat(relative)
+    except ValueError:
         return 0
+    return found.size if found is not None else 0
 
 
 def cleanup_condition(now: dt.datetime, grace: dt.timedelta) -> ColumnElement[bool]:
@@ -113,13 +109,6 @@ def cleanup_expired_files(
     return finish(report, started)
 
 
-def _old(path: Path, cutoff: float) -> bool:
-    try:
-        return path.stat().st_mtime < cutoff
-    except OSError:
-        return False
-
-
 def remove_leftovers(*, dry_run: bool, now: dt.datetime | None = None) -> Report:
     """Remove failed jobs' files, partial outputs and temporary files older than a day."""
     started = time.monotonic()
@@ -161,77 +150,42 @@ def _remove_failed_job_files(report: Report, day_ago: dt.datetime) -> None:
 def _remove_unrecorded_deliveries(report: Report, day_ago: dt.datetime) -> None:
     """Files in a job's delivery folder that its row does not point at: partial outputs, and what
     an interrupted cleanup or an archived job left behind."""
-    deliveries = storage_root(_app()) / "deliveries"
-    folders = sorted(p for p in deliveries.iterdir() if p.is_dir()) if deliveries.is_dir() else []
-    for start in range(0, len(folders), BATCH):
-        chunk = folders[start : start + BATCH]
-        kept = {
-            job_id: (status, relative)
-            for job_id, status, relative in db.session.execute(
-                select(Job.job_id, Job.status, Job.upscaled_file_path).where(
-                    Job.job_id.in_([folder.name for folder in chunk])
+    storage = backend(_app())
+    old = [
+        found
+        for found in storage.objects("deliveries/")
+        if found.modified < day_ago.replace(tzinfo=dt.UTC)
+        and not found.key.rsplit("/", 1)[-1].startswith(TEMPORARY_PREFIX)
+    ]
+    for start in range(0, len(old), BATCH):
+        chunk = old[start : start + BATCH]
+        kept = set(
+            db.session.scalars(
+                select(Job.upscaled_file_path).where(
+                    Job.upscaled_file_path.in_([found.key for found in chunk])
                 )
             )
-        }
-        for folder in chunk:
-            status, kept_path = kept.get(folder.name, (None, None))
-            _remove_unrecorded_files(report, folder, kept_path, day_ago)
-            # A job about to be processed may have just made its folder: leave those.
-            if not report.dry_run and status not in ("pending", "processing"):
-                try:
-                    folder.rmdir()
-                except OSError:
-                    pass  # still holds the job's file
-
-
-def _remove_unrecorded_files(
-    report: Report, folder: Path, kept_path: str | None, day_ago: dt.datetime
-) -> None:
-    app = _app()
-    cutoff = day_ago.replace(tzinfo=dt.UTC).timestamp()
-    for path in sorted(folder.iterdir()):
-        if not path.is_file() or not _old(path, cutoff):
-            continue
-        if kept_path and path == resolve(app, kept_path):
-            continue
-        report.note(str(path.relative_to(storage_root(app))))
-        report.add("partial outputs" if path.name.startswith(".tmp-") else "orphan files")
-        report.bytes += path.stat().st_size
-        if not report.dry_run:
-            path.unlink(missing_ok=True)
+        )
+        for found in chunk:
+            if found.key in kept:
+                continue
+            report.note(found.key)
+            report.add("orphan files")
+            report.bytes += found.size
+            if not report.dry_run:
+                remove_stored_file(_app(), found.key)
 
 
 def _remove_temporary_files(report: Report, day_ago: dt.datetime) -> None:
-    """Temporary files elsewhere (previews, uploads) whose writer died."""
-    root = storage_root(_app())
-    cutoff = day_ago.replace(tzinfo=dt.UTC).timestamp()
-    for path in _temporary_files(root, root / "deliveries"):
-        if not _old(path, cutoff):
-            continue
-        report.add("temporary files")
-        report.note(str(path.relative_to(root)))
-        if report.dry_run:
-            report.bytes += path.stat().st_size if path.is_file() else 0
-        elif path.is_dir():
-            report.bytes += sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-            shutil.rmtree(path, ignore_errors=True)
+    """What a writer that died left: temporary files beside stored ones, unfinished uploads."""
+    storage = backend(_app())
+    for found in storage.remove_abandoned_uploads(day_ago.replace(tzinfo=dt.UTC), report.dry_run):
+        if storage.name == "s3":
+            kind = "unfinished uploads"
+        elif found.key.startswith("deliveries/"):
+            kind = "partial outputs"
         else:
-            report.bytes += path.stat().st_size
-            path.unlink(missing_ok=True)
-
-
-def _temporary_files(root: Path, skip: Path) -> Iterator[Path]:
-    if not root.is_dir():
-        return
-    for directory, subdirs, files in os.walk(root):
-        here = Path(directory)
-        if here == skip:
-            subdirs[:] = []
-            continue
-        for name in list(subdirs):
-            if name.startswith(".tmp-"):
-                subdirs.remove(name)
-                yield here / name
-        for name in files:
-            if name.startswith(".tmp-"):
-                yield here / name
+            kind = "temporary files"
+        report.add(kind)
+        report.note(found.key)
+        report.bytes += found.size

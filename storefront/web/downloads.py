@@ -8,7 +8,15 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from flask import Blueprint, Response, abort, current_app, render_template, request, send_file
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    render_template,
+    request,
+    send_file,
+)
 from flask.typing import ResponseReturnValue
 from werkzeug.http import parse_date
 
@@ -28,6 +36,7 @@ from storefront.jobs.delivery import (
     send_fresh_link,
 )
 from storefront.models import Job
+from storefront.storage import Storage, StoredObject, backend
 from storefront.web.forms import ResendForm
 
 log = logging.getLogger("smi.downloads")
@@ -78,18 +87,25 @@ def file(token: str) -> ResponseReturnValue:
     link = find_link(token)
     if link.state not in (LinkState.READY, LinkState.LIMIT_REACHED):
         return _render_link(link)
-    job = link.job
-    assert job is not None
-    job_id, path = job.job_id, link.file_path()
+    job, stored = link.job, link.stored
+    assert job is not None and stored is not None
+    job_id = job.job_id
+    storage = backend(current_app._get_current_object())  # type: ignore[attr-defined]
+    path = storage.local_path(stored.key)
     accel = str(settings.get("DOWNLOAD_ACCEL_PREFIX") or "")
-    response, served = _handed_to_nginx(job, path, accel) if accel else _streamed(job, path)
+    if path is None:
+        response, served = _redirected(job, stored, storage)
+    elif accel:
+        response, served = _handed_to_nginx(job, path, accel)
+    else:
+        response, served = _streamed(job, path)
     details = DownloadRequest(
         ip=request.remote_addr or "",
         user_agent=request.headers.get("User-Agent") or "",
         range_header=request.headers.get("Range", ""),
     )
     # What the app streams is logged as it closes, with the bytes that really went out.
-    streamed = not accel and served.length > 0
+    streamed = path is not None and not accel and served.length > 0
     if not record_download(job_id, details, served, streamed=streamed):
         response.close()
         return _render_link(Link(LinkState.LIMIT_REACHED, job))
@@ -120,6 +136,28 @@ def _streamed(job: Job, path: Path) -> tuple[Response, Served]:
     start = response.content_range.start if response.status_code == 206 else 0
     length = (response.content_length or 0) if sends_body else 0
     return response, Served(start or 0, length, path.stat().st_size)
+
+
+def _redirected(job: Job, stored: StoredObject, storage: Storage) -> tuple[Response, Served]:
+    """A redirect to a short-lived URL of the object, and the bytes that URL will send.
+
+    The browser sends its Range header on to that URL, which honours it (one range, as nginx).
+    """
+    span: tuple[int, int] | None = (0, stored.size)
+    if "Range" in request.headers:
+        span = requested_span(request.headers["Range"], stored.size)
+    if span is None:
+        abort(416)
+    url = storage.download_url(
+        stored.key,
+        int(current_app.config["DOWNLOAD_URL_SECONDS"]),
+        filename=download_filename(job),
+        content_type=_mimetype(Path(stored.key).suffix),
+    )
+    assert url is not None
+    response = Response(status=302, headers={"Location": url})
+    length = span[1] if request.method != "HEAD" else 0
+    return response, Served(span[0], length, stored.size)
 
 
 def _handed_to_nginx(job: Job, path: Path, prefix: str) -> tuple[Response, Served]:

@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from storefront.extensions import db, limiter
+from storefront.storage import StorageError
 
 log = logging.getLogger("smi.errors")
 
@@ -61,6 +62,13 @@ def register_error_handlers(app: Flask) -> None:
     def rate_limited(error: RateLimitExceeded) -> ResponseReturnValue:
         body, status = render_error(429, error.description)
         return body, status, {"Retry-After": str(_retry_after(error))}
+
+    @app.errorhandler(StorageError)
+    def storage_down(error: StorageError) -> ResponseReturnValue:
+        db.session.rollback()
+        log.error("storage unavailable: %s", error)
+        body, status = render_error(503, "Our file storage isn't answering just now.")
+        return body, status, {"Retry-After": "60"}
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> tuple[str, int]:

@@ -8,6 +8,7 @@ from sqlalchemy import text
 
 from storefront.extensions import db
 from storefront.queues import redis_connection
+from storefront.storage import StorageError, backend
 
 bp = Blueprint("health", __name__)
 
@@ -20,7 +21,7 @@ def healthz() -> ResponseReturnValue:
 
 @bp.get("/readyz")
 def readyz() -> ResponseReturnValue:
-    """The database and Redis answer; 503 naming what is down otherwise."""
+    """The database, Redis and storage answer; 503 naming what is down otherwise."""
     checks: dict[str, str] = {}
     try:
         db.session.execute(text("SELECT 1"))
@@ -33,5 +34,10 @@ def readyz() -> ResponseReturnValue:
         checks["redis"] = "ok"
     except Exception as exc:
         checks["redis"] = f"down: {type(exc).__name__}"
+    try:
+        backend(current_app._get_current_object()).check()  # type: ignore[attr-defined]
+        checks["storage"] = "ok"
+    except StorageError as exc:
+        checks["storage"] = f"down: {exc}"
     ready = all(value == "ok" for value in checks.values())
     return jsonify(status="ready" if ready else "unavailable", checks=checks), 200 if ready else 503

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, current_app, send_file
+from flask import Blueprint, abort, current_app
 from flask.typing import ResponseReturnValue
 
 from storefront.jobs.upsampler_links import original_for_token
+from storefront.web.stored_files import send_stored
 
 bp = Blueprint("media", __name__)
 
@@ -17,6 +18,6 @@ def original(token: str) -> ResponseReturnValue:
     found = original_for_token(app, token)
     if found is None:
         abort(404)
-    response = send_file(found.path, mimetype=found.mime_type, max_age=0)
+    response = send_stored(found.stored, found.mime_type, max_age=0)
     response.headers["Cache-Control"] = "no-store"
     return response

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, current_app, render_template, request, send_file
+from flask import Blueprint, abort, current_app, render_template, request
 from flask.typing import ResponseReturnValue
 
 from storefront import funnel
 from storefront.catalog.library import (
     MAX_ID,
     PREVIEW_SIZES,
+    ensure_preview,
     post_by_slug,
     posts_with_images,
-    preview_path,
 )
 from storefront.extensions import db
 from storefront.jobs.offers import ENGINE_LABELS, image_offers
 from storefront.models import Attachment
 from storefront.web.forms import CheckoutForm
+from storefront.web.stored_files import send_stored
 
 bp = Blueprint("shop", __name__)
 
@@ -74,6 +75,5 @@ def preview(attachment_id: int, size: str) -> ResponseReturnValue:
     if size not in PREVIEW_SIZES:
         abort(404)
     attachment = db.get_or_404(Attachment, attachment_id)
-    path = preview_path(current_app._get_current_object(), attachment, size)  # type: ignore[attr-defined]
-    response = send_file(path, mimetype="image/jpeg", conditional=True, max_age=86400)
-    return response
+    stored = ensure_preview(current_app._get_current_object(), attachment, size)  # type: ignore[attr-defined]
+    return send_stored(stored, "image/jpeg", max_age=86400)
