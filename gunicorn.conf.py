@@ -50,9 +50,6 @@ bind = [a.strip() for a in os.environ.get("GUNICORN_BIND", "127.0.0.1:8000").spl
 timeout = _int_env("GUNICORN_TIMEOUT", 60)
 graceful_timeout = 30
 keepalive = 5  # nginx opens a connection per request; this covers clients that come directly
-# A worker is replaced after about a thousand requests, so a slow leak never grows for long.
-max_requests = 1000
-max_requests_jitter = 100
 
 # gunicorn 24+ opens a control socket in $XDG_RUNTIME_DIR or ~/.gunicorn, one per user: two
 # gunicorns of one user would share it. systemd restarts and reloads this one; no socket needed.
