@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Install what is missing on a Debian machine: system packages and the project's virtualenv.
-# Usage: scripts/setup.sh run|test   (test also installs PostgreSQL and Chromium for the test suite)
+# Usage: scripts/setup.sh run|test   (test also installs PostgreSQL, Chromium and nginx for the tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-run}"
 
 packages=(redis-server)
 if [ "$mode" = test ]; then
-  packages+=(postgresql chromium)
+  packages+=(postgresql chromium nginx)
 fi
 
 missing=()
@@ -22,7 +22,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
   # Debian starts these as system services; the shop runs its own on other ports.
-  for service in redis-server postgresql; do
+  for service in redis-server postgresql nginx; do
     if command -v systemctl >/dev/null 2>&1; then
       "${sudo_cmd[@]}" systemctl disable --now "$service" >/dev/null 2>&1 || true
     fi

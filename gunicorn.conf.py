@@ -1,0 +1,86 @@
+"""gunicorn's settings for the web app: `gunicorn wsgi:app` reads this file from the current folder.
+
+Importing it only reads the environment and the CPU count: no app, no logging set up, no files.
+Command-line flags win over what is set here (`gunicorn --workers 2 wsgi:app`).
+
+- `GUNICORN_BIND`: where to listen, `host:port` or `unix:/path` (comma-separated for several);
+  default `127.0.0.1:8000`
+- `WEB_CONCURRENCY`: worker processes; default 2 × cores + 1, at most 9
+- `GUNICORN_THREADS`: threads per worker; default 2 × cores, at most 5
+- `GUNICORN_TIMEOUT`: seconds a worker may stay silent before it is restarted; default 60
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from typing import Any
+
+from gunicorn.glogging import Logger
+
+from storefront.redaction import redact_atoms
+
+
+def _cores() -> int:
+    """The cores this process may run on (a container's or a cgroup's share, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _int_env(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else default
+
+
+# Processes use the cores (one GIL each), gunicorn's rule of thumb: 2 × cores + 1. Capped at 9 so
+# that with PostgreSQL the web side holds at most 9 × 5 connections (SQLAlchemy's pool of 5 per
+# process), well under PostgreSQL's default max_connections of 100.
+workers = _int_env("WEB_CONCURRENCY", min(2 * _cores() + 1, 9))
+# Threads wait: for the database, Redis, Stripe's API, a slow buyer's socket. At most 5, the pool
+# size, so a thread never waits for a database connection.
+worker_class = "gthread"
+threads = _int_env("GUNICORN_THREADS", min(2 * _cores(), 5))
+bind = [a.strip() for a in os.environ.get("GUNICORN_BIND", "127.0.0.1:8000").split(",")]
+
+# A request may wait up to 20 s on Stripe (the app's timeout for its API); Redis and the
+# database answer in seconds; a worker silent for 60 s is stuck. On a restart or a deploy,
+# requests under way get 30 s to finish.
+timeout = _int_env("GUNICORN_TIMEOUT", 60)
+graceful_timeout = 30
+keepalive = 5  # nginx opens a connection per request; this covers clients that come directly
+
+# gunicorn 24+ opens a control socket in $XDG_RUNTIME_DIR or ~/.gunicorn, one per user: two
+# gunicorns of one user would share it. systemd restarts and reloads this one; no socket needed.
+control_socket_disable = True
+
+# Who the client is, is decided in one place: the app's TRUSTED_PROXY_HOPS (werkzeug's ProxyFix
+# for X-Forwarded-For, -Proto and -Host). gunicorn itself would believe X-Forwarded-Proto from
+# 127.0.0.1 and from any unix socket peer by default; here it believes no one, so that with
+# TRUSTED_PROXY_HOPS=0 no header sent to the app can make a request look like https.
+forwarded_allow_ips = ""
+secure_scheme_headers: dict[str, str] = {}
+
+# Logs go to stdout and stderr (journald keeps them under systemd), in the common log format
+# plus the time taken, with tokens, signatures and checkout session ids redacted.
+accesslog = "-"
+errorlog = "-"
+access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(M)sms'
+
+
+class RedactingLogger(Logger):
+    """gunicorn's logger, whose access lines never show a secret: see storefront/redaction.py.
+
+    Every atom of a line (request line, path, query string, Referer, headers) is redacted before
+    it is formatted; another format (JSON) only needs to override `access`.
+    """
+
+    def atoms(
+        self, resp: Any, req: Any, environ: dict[str, Any], request_time: dt.timedelta
+    ) -> dict[str, object]:
+        """The atoms of one access line, redacted."""
+        return redact_atoms(super().atoms(resp, req, environ, request_time))
+
+
+logger_class = RedactingLogger
