@@ -256,6 +256,33 @@ def test_downloads_through_nginx_are_counted_by_the_bytes_it_sends(site: Site) -
 
 
 @pytest.mark.slow
+def test_a_download_cut_off_behind_nginx_and_resumed_counts_once(site: Site) -> None:
+    """The app never sees the cut; the resume says what the buyer holds, and the rest is given
+    back once. A resume of that resume is not free again."""
+    job = _job(site.app)
+    url = f"/download/{TOKEN}/file"
+    connection = http.client.HTTPConnection(
+        "127.0.0.1", site.port, timeout=30, source_address=(CLIENT_ADDRESS, 0)
+    )
+    connection.request("GET", url)
+    response = connection.getresponse()
+    cut = SIZE // 4
+    received = response.read(cut)
+    connection.close()  # the network breaks off
+    assert (response.status, received) == (200, CONTENT[:cut])
+    assert fresh(job.job_id).download_count == 1
+    status, headers, body = site.request(url, {"Range": f"bytes={cut}-"})
+    assert (status, body) == (206, CONTENT[cut:])
+    assert fresh(job.job_id).download_count == 1  # one download, in two responses
+    rows = [(row.bytes_sent, row.range_header, row.counted) for row in _logged(job.job_id)]
+    assert rows == [(cut, f"bytes=0-{cut - 1}", True), (SIZE - cut, f"bytes={cut}-", False)]
+    # Resuming the resume again from further on is charged: breaking off on purpose gains little.
+    status, _, body = site.request(url, {"Range": f"bytes={cut * 2}-"})
+    assert (status, body) == (206, CONTENT[cut * 2 :])
+    assert fresh(job.job_id).download_count == 2
+
+
+@pytest.mark.slow
 def test_access_logs_keep_no_secret_and_nginx_serves_the_rest(site: Site) -> None:
     """No token or session id in nginx's or gunicorn's log; static files and the redirect."""
     session_id = _stripe_session_id()

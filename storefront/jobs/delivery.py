@@ -282,7 +282,9 @@ def record_download(
     overspend. A response the app streams is logged when it closes (`finish_download`), with the
     bytes it really sent; one nginx sends (X-Accel) is logged now, with the bytes of its range.
     """
-    given_back = _resumed_overlap(job_id, served)
+    given_back = (
+        _resumed_overlap(job_id, served) if streamed else _resumed_hand_off(job_id, served)
+    )
     total = count_download(job_id, served.length - given_back, served.size)
     if total is None:
         transactions.rollback()
@@ -362,6 +364,36 @@ def _resumed_overlap(job_id: str, served: Served) -> int:
         update(DownloadLog)
         .where(DownloadLog.id == last.id, DownloadLog.bytes_sent == last.bytes_sent)
         .values(bytes_sent=kept, range_header=f"bytes={start}-{start + kept - 1}")
+        .execution_options(synchronize_session=False)
+    )
+    return overlap if changed.rowcount else 0  # type: ignore[attr-defined]
+
+
+def _resumed_hand_off(job_id: str, served: Served) -> int:
+    """Bytes of the link's last response, handed to nginx or the bucket, that this one resumes.
+
+    The app does not see such a response break off; a request starting inside it says the buyer
+    holds what came before. What follows is given back once, and only to a response that started
+    at 0: a resume cannot itself be resumed for free, so breaking off on purpose gains at most one
+    file per download counted.
+    """
+    if served.start == 0 or served.length == 0:
+        return 0
+    last = db.session.scalar(
+        select(DownloadLog)
+        .where(DownloadLog.job_id == job_id)
+        .order_by(DownloadLog.id.desc())
+        .limit(1)
+    )
+    span = requested_span(last.range_header, served.size) if last is not None else None
+    if last is None or span is None or span[0] != 0 or not 0 < served.start < last.bytes_sent:
+        return 0
+    overlap = min(last.bytes_sent - served.start, served.length)
+    kept = last.bytes_sent - overlap
+    changed = db.session.execute(
+        update(DownloadLog)
+        .where(DownloadLog.id == last.id, DownloadLog.bytes_sent == last.bytes_sent)
+        .values(bytes_sent=kept, range_header=f"bytes=0-{kept - 1}")
         .execution_options(synchronize_session=False)
     )
     return overlap if changed.rowcount else 0  # type: ignore[attr-defined]
