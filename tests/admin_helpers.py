@@ -17,7 +17,7 @@ from flask.testing import FlaskClient
 from storefront import create_app
 from storefront.extensions import db
 from storefront.models import AdminUser, Attachment, Job, utcnow
-from tests.factories import make_attachment, make_job, resolve
+from tests.factories import make_attachment, make_job, store_bytes
 
 ADMIN_EMAIL = "olive@shop.test"
 ADMIN_PASSWORD = "correct horse battery staple"
@@ -127,9 +127,7 @@ def completed_job(
     }
     job = make_job(attachment, **(values | fields))
     relative = f"deliveries/{job.job_id}/{attachment.post.slug}-{attachment.id}-4x.jpg"
-    path = resolve(app, relative)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(content)
+    store_bytes(app, relative, content)
     job.upscaled_file_path = relative
     job.upscaled_file_size = len(content)
     db.session.commit()
