@@ -107,6 +107,8 @@ class LocalS3:
         access_key: str | None = None,
         secret_key: str | None = None,
         s3_port: int | None = None,
+        volume_size_mb: int = 64,
+        max_volumes: int = 32,
     ) -> None:
         generated = generate_keys()
         self.data_dir = Path(data_dir)
@@ -114,6 +116,9 @@ class LocalS3:
         self.access_key = access_key or generated[0]
         self.secret_key = secret_key or generated[1]
         self.fixed_s3_port = s3_port
+        # Each bucket is a collection with volumes of its own; 0 volumes: as many as the disk holds.
+        self.volume_size_mb = volume_size_mb
+        self.max_volumes = max_volumes
         self.ports: dict[str, int] = {}
         self.process: subprocess.Popen[bytes] | None = None
         self.startup_seconds = 0.0
@@ -139,6 +144,8 @@ class LocalS3:
         env = dict(os.environ)
         env.update(hermetic_aws_environment(self.log_dir))
         env["TMPDIR"] = str(self.log_dir)
+        # A bucket's first upload creates one volume, not seven (master.toml's copy_1).
+        env["WEED_MASTER_VOLUME_GROWTH_COPY_1"] = "1"
         return env
 
     def command(self) -> list[str]:
@@ -159,8 +166,8 @@ class LocalS3:
             # A missing bucket is an error, as on AWS, not created by the first upload.
             "-s3.autoCreateBucket=false",
             "-master.telemetry=false",
-            "-master.volumeSizeLimitMB=64",
-            "-volume.max=8",
+            f"-master.volumeSizeLimitMB={self.volume_size_mb}",
+            f"-volume.max={self.max_volumes}",
             "-volume.preStopSeconds=0",
             *ports,
         ]
@@ -281,6 +288,10 @@ class LocalS3:
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "BucketAlreadyOwnedByYou":
                 raise
+
+    def delete_bucket(self, name: str) -> None:
+        """Delete a bucket with everything in it, and the volumes that held it."""
+        self.client().delete_bucket(Bucket=name)
 
     def settings(self, bucket: str, prefix: str = "") -> dict[str, str]:
         """The app's settings for storing files in `bucket` of this server."""
