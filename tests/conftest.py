@@ -9,10 +9,11 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from flask import Flask
@@ -30,6 +31,9 @@ from devservers.upsampler_local import LocalUpsampler
 from devservers.upsampler_local import start_server as start_upsampler
 from storefront import create_app
 from storefront.extensions import db
+
+if TYPE_CHECKING:
+    from devservers.seaweed import LocalS3
 
 # Set SMI_TEST_DATABASE_URL to run the suite against PostgreSQL instead of SQLite files.
 POSTGRES_URL = os.environ.get("SMI_TEST_DATABASE_URL", "")
@@ -302,6 +306,39 @@ def upsampler(live_app: LiveApp) -> Iterator[LocalUpsampler]:
             UPSAMPLER_POLL_SECONDS=1,
         )
         yield local
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
+    """A real SeaweedFS S3 store for this test process (each xdist worker has its own).
+
+    Started by the first test that asks for it. From then on this process's environment keeps
+    boto3 (the app's, and that of processes the tests start) off ~/.aws and instance metadata.
+    """
+    from devservers.seaweed import LocalS3, hermetic_aws_environment
+
+    folder = tmp_path_factory.mktemp("seaweedfs")
+    local = LocalS3(folder / "data", folder / "logs")
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in hermetic_aws_environment(folder).items():
+            patch.setenv(name, value)
+        local.start()
+        try:
+            yield local
+        finally:
+            local.stop()
+
+
+@pytest.fixture
+def s3_settings(s3_server: LocalS3) -> Iterator[dict[str, str]]:
+    """A fresh bucket of the test S3 store, as the app's settings (`app_config.update(...)`).
+
+    The bucket is deleted afterwards, with its contents, so its volume is free for the next.
+    """
+    bucket = f"smi-test-{uuid.uuid4().hex[:16]}"
+    s3_server.create_bucket(bucket)
+    yield s3_server.settings(bucket)
+    s3_server.delete_bucket(bucket)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.1) -> Any:
