@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ class SweepRuns:
 
     slots: Counter[int]  # runs that swept, by slot
     skipped: int  # runs that found their slot taken
-    jobs: list[Job]  # the runs that swept
+    jobs: dict[str, Job]  # the runs that swept, by the slot key they claimed
 
     def consecutive(self) -> bool:
         """Whether the swept slots follow one another without a gap."""
@@ -55,14 +56,14 @@ def sweep_runs(redis_url: str) -> SweepRuns:
     try:
         registry = FinishedJobRegistry(queue=Queue("default", connection=connection))
         jobs = [j for j in Job.fetch_many(registry.get_job_ids(), connection=connection) if j]
-        runs = SweepRuns(Counter(), 0, [])
+        runs = SweepRuns(Counter(), 0, {})
         for job in jobs:
             if job.func_name != "worker.tasks.sweep":
                 continue
             result = str(job.return_value())
             if swept := SWEPT.match(result):
                 runs.slots[int(swept.group(1))] += 1
-                runs.jobs.append(job)
+                runs.jobs[f"smi:slot:sweep:{swept.group(1)}"] = job
             elif SKIPPED.match(result):
                 runs.skipped += 1
         return runs
@@ -70,11 +71,11 @@ def sweep_runs(redis_url: str) -> SweepRuns:
         connection.close()
 
 
-def slot_keys(redis_url: str, kind: str) -> set[str]:
-    """The claim keys of one kind (`sweep`, `maintenance`) in Redis."""
-    connection = Redis.from_url(redis_url)
+def slot_claims(redis_url: str, kind: str) -> dict[str, str]:
+    """The claims of one kind (`sweep`, `maintenance`) in Redis: key, and the RQ job holding it."""
+    connection = Redis.from_url(redis_url, decode_responses=True)
     try:
-        return {key.decode() for key in connection.scan_iter(f"smi:slot:{kind}:*")}
+        return {key: str(connection.get(key)) for key in connection.scan_iter(f"smi:slot:{kind}:*")}
     finally:
         connection.close()
 
@@ -102,8 +103,6 @@ def test_slot_keys_name_the_interval_and_the_nearest_day() -> None:
 
 
 def test_maintenance_cron_is_its_utc_time_in_local_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    import time
-
     now = dt.datetime(2026, 5, 1, 10, 0, tzinfo=dt.UTC)
     with monkeypatch.context() as patched:
         patched.setenv("TZ", "UTC")
@@ -130,7 +129,7 @@ def test_a_second_sweep_in_the_same_slot_returns_at_once(
     assert first.startswith(f"swept {key}: queued 0")
     assert second == f"skipped: {key} was taken"
     assert f"{key}: slot taken by another run, skipped" in caplog.text
-    assert slot_keys(redis_url, "sweep") == {key}
+    assert set(slot_claims(redis_url, "sweep")) == {key}
 
 
 def test_the_days_maintenance_runs_once_however_often_it_is_triggered(
@@ -146,7 +145,7 @@ def test_the_days_maintenance_runs_once_however_often_it_is_triggered(
     assert summaries[1:] == [f"skipped: {key} was taken"] * 2
     runs = select(func.count()).select_from(AdminAction).where(AdminAction.action == "maintenance")
     assert db.session.scalar(runs) == 1
-    assert slot_keys(redis_url, "maintenance") == {key}
+    assert set(slot_claims(redis_url, "maintenance")) == {key}
     # Called outside `rq cron`, each run keeps `python -m worker`'s schedule going: one next run.
     registry = ScheduledJobRegistry(queue=Queue("default", connection=Redis.from_url(redis_url)))
     assert registry.get_job_ids() == [f"maintenance-{next_run('03:30'):%Y-%m-%d}"]
@@ -167,7 +166,7 @@ def test_a_failed_run_gives_its_slot_back(
             patched.setattr(recovery, "sweep", database_gone)
             with pytest.raises(RuntimeError, match="database gone"):
                 sweep()
-            assert slot_keys(redis_url, "sweep") == set()
+            assert slot_claims(redis_url, "sweep") == {}
         assert sweep().startswith("swept ")  # the next trigger in the slot does the work
     finally:
         use_app(None)
@@ -194,8 +193,11 @@ def test_plain_rq_workers_and_two_crons_sweep_once_per_slot(
     assert set(runs.slots.values()) == {1}, runs.slots  # one run per slot
     assert runs.consecutive(), runs.slots
     assert runs.skipped >= 1  # the other cron's sweeps came, and were turned away
-    assert {f"smi:slot:sweep:{slot}" for slot in runs.slots} <= slot_keys(redis_url, "sweep")
-    assert all(job.meta.get("smi_trigger") == "rq cron" for job in runs.jobs)
+    # Each claim still alive (they expire after two slots) is held by the run that swept.
+    claims = slot_claims(redis_url, "sweep")
+    assert f"smi:slot:sweep:{max(runs.slots)}" in claims
+    assert all(runs.jobs[key].id == job_id for key, job_id in claims.items() if key in runs.jobs)
+    assert all(job.meta.get("smi_trigger") == "rq cron" for job in runs.jobs.values())
 
     # Each cron registered the day's maintenance for 03:30 UTC, in its own local time.
     connection = Redis.from_url(redis_url)
@@ -220,7 +222,9 @@ def test_python_m_worker_alone_still_sweeps(
     runs = wait_until(lambda: (r := sweep_runs(redis_url)) and len(r.slots) >= 2 and r, timeout=20)
     assert set(runs.slots.values()) == {1} and runs.consecutive(), runs.slots
     # Its own schedule: each run was the RQ job named after its slot, and scheduled the next.
-    assert sorted(job.id for job in runs.jobs) == [f"sweep-{slot}" for slot in sorted(runs.slots)]
+    assert sorted(job.id for job in runs.jobs.values()) == [
+        f"sweep-{n}" for n in sorted(runs.slots)
+    ]
     assert_alive(worker)
 
 
