@@ -115,6 +115,7 @@ class LocalS3:
         self.log_dir = Path(log_dir)
         self.access_key = access_key or generated[0]
         self.secret_key = secret_key or generated[1]
+        self.read_only_keys = generate_keys()
         self.fixed_s3_port = s3_port
         # Each bucket is a collection with volumes of its own; 0 volumes: as many as the disk holds.
         self.volume_size_mb = volume_size_mb
@@ -179,8 +180,18 @@ class LocalS3:
             "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }
+        # A second identity that may only read: a worker that cannot upload, in tests.
+        reader = {
+            "name": "smi-read-only",
+            "credentials": [
+                {"accessKey": self.read_only_keys[0], "secretKey": self.read_only_keys[1]}
+            ],
+            "actions": ["Read", "List"],
+        }
         self.config_path.touch(mode=0o600)
-        self.config_path.write_text(json.dumps({"identities": [identity]}, indent=2) + "\n")
+        self.config_path.write_text(
+            json.dumps({"identities": [identity, reader]}, indent=2) + "\n"
+        )
 
     def start(self, timeout: float = 60.0) -> LocalS3:
         """Start the server and wait until its S3 API answers; retry once on a port clash."""

@@ -391,17 +391,18 @@ class WorkerProcess:
 
 @pytest.fixture
 def start_worker(app: Flask, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start real RQ worker processes configured like `app`; all are stopped after the test."""
+    """Start real RQ worker processes configured like `app`; all are stopped after the test.
+    `start(*command, **settings)`: `python -m worker` unless a command is given (`rq cron …`)."""
     started: list[WorkerProcess] = []
 
-    def start(**overrides: Any) -> WorkerProcess:
+    def start(*command: str, **overrides: Any) -> WorkerProcess:
         config = dict(app.config)
         config.update(overrides)
         env = config_as_environment(config)
         log_path = tmp_path / f"worker-{len(started)}.log"
         handle = log_path.open("wb")
         process = subprocess.Popen(
-            [sys.executable, "-m", "worker"],
+            list(command) or [sys.executable, "-m", "worker"],
             cwd=Path(__file__).resolve().parent.parent,
             env=env,
             stdout=handle,

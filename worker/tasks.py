@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import logging
 
+from storefront.queues import redis_connection
 from worker.context import task_context
-from worker.schedule import schedule_maintenance, schedule_sweep
+from worker.schedule import (
+    MAINTENANCE_CLAIM_SECONDS,
+    extends_the_chain,
+    maintenance_slot_key,
+    schedule_maintenance,
+    schedule_sweep,
+    slot_claimed,
+    sweep_slot_key,
+)
 
 log = logging.getLogger("smi.worker")
 
@@ -35,22 +44,38 @@ def check_upsampler(job_id: str, attempt: str = "0") -> str:
 
 
 def sweep() -> str:
-    """Run the sweeper once, then schedule its next run."""
+    """Run the sweeper once in this slot (a run that finds its slot taken returns at once), then
+    schedule the next run if this one came from `python -m worker`'s schedule."""
     from storefront.jobs.recovery import sweep as run_sweep
 
     with task_context() as app:
+        interval = int(app.config["SWEEP_INTERVAL_SECONDS"])
         try:
-            return run_sweep().summary()
+            key = sweep_slot_key(interval)
+            with slot_claimed(redis_connection(app), key, ttl=2 * interval) as claimed:
+                if not claimed:
+                    return f"skipped: {key} was taken"
+                return f"swept {key}: {run_sweep().summary()}"
         finally:
-            schedule_sweep(app.config["REDIS_URL"], int(app.config["SWEEP_INTERVAL_SECONDS"]))
+            if extends_the_chain():
+                schedule_sweep(app.config["REDIS_URL"], interval)
 
 
 def run_maintenance() -> str:
-    """Run the day's maintenance (with the settings saved in the admin), then schedule the next."""
+    """Run the day's maintenance once (with the settings saved in the admin; a run that finds
+    the day taken returns at once), then schedule the next if `python -m worker` scheduled this."""
     from storefront.maintenance.operations import run_scheduled
 
     with task_context() as app:
+        if app.config["MAINTENANCE_AT"] == "off":
+            log.info("maintenance is off (MAINTENANCE_AT), skipped")
+            return "skipped: maintenance is off"
         try:
-            return "; ".join(report.summary() for report in run_scheduled())
+            key = maintenance_slot_key(app.config["MAINTENANCE_AT"])
+            with slot_claimed(redis_connection(app), key, ttl=MAINTENANCE_CLAIM_SECONDS) as claimed:
+                if not claimed:
+                    return f"skipped: {key} was taken"
+                return "; ".join(report.summary() for report in run_scheduled())
         finally:
-            schedule_maintenance(app.config["REDIS_URL"], app.config["MAINTENANCE_AT"])
+            if extends_the_chain():
+                schedule_maintenance(app.config["REDIS_URL"], app.config["MAINTENANCE_AT"])
