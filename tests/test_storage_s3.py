@@ -245,9 +245,11 @@ def test_purchase_mail_and_download_through_a_presigned_url(
 
     # Nobody wrote into a storage folder; every work folder is empty again.
     assert not Path(live_app.app.config["STORAGE_DIR"]).exists()
+    worked = [folder for folder in folders if (folder / "work").exists()]
+    assert len(worked) == 1  # the worker that took the order used its own WORK_DIR, and only it
     for folder in folders:
         assert not (folder / "storage").exists()
-        assert list((folder / "work").iterdir()) == []
+    assert list((worked[0] / "work").iterdir()) == []
     assert list(Path(live_app.app.config["WORK_DIR"]).iterdir()) == []
 
 

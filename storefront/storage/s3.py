@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import boto3
+from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
@@ -48,6 +49,9 @@ class S3Target:
 
 def describe_error(exc: Exception, bucket: str) -> str:
     """What went wrong, in words an owner can act on; never a credential."""
+    if isinstance(exc, S3UploadFailedError):  # boto3's transfer wraps the request's own error
+        cause = exc.__cause__ or exc.__context__
+        exc = cause if isinstance(cause, ClientError | BotoCoreError) else exc
     if isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
         if code == "NoSuchBucket" or (code == "404" and "HeadBucket" in str(exc)):
@@ -123,7 +127,7 @@ class S3Storage:
                 ExtraArgs={"ContentType": content_type} if content_type else None,
                 Config=TRANSFER,
             )
-        except (BotoCoreError, ClientError) as exc:
+        except (BotoCoreError, ClientError, S3UploadFailedError) as exc:
             raise self._fail(exc, "upload") from exc
         size = source.stat().st_size
         source.unlink(missing_ok=True)
