@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 import requests
-from devservers.seaweed import LocalS3
 from flask import Flask
 from flask.testing import FlaskClient
 from rq.registry import ScheduledJobRegistry
 from sqlalchemy import select
 
+from devservers.seaweed import LocalS3
 from devservers.smtp_sink import SinkHandler, text_of
 from devservers.stripe_local import LocalStripe
 from devservers.upsampler_local import LocalUpsampler
