@@ -189,9 +189,7 @@ class LocalS3:
             "actions": ["Read", "List"],
         }
         self.config_path.touch(mode=0o600)
-        self.config_path.write_text(
-            json.dumps({"identities": [identity, reader]}, indent=2) + "\n"
-        )
+        self.config_path.write_text(json.dumps({"identities": [identity, reader]}, indent=2) + "\n")
 
     def start(self, timeout: float = 60.0) -> LocalS3:
         """Start the server and wait until its S3 API answers; retry once on a port clash."""

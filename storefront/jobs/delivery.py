@@ -282,9 +282,7 @@ def record_download(
     overspend. A response the app streams is logged when it closes (`finish_download`), with the
     bytes it really sent; one nginx sends (X-Accel) is logged now, with the bytes of its range.
     """
-    given_back = (
-        _resumed_overlap(job_id, served) if streamed else _resumed_hand_off(job_id, served)
-    )
+    given_back = _resumed_overlap(job_id, served) if streamed else _resumed_hand_off(job_id, served)
     total = count_download(job_id, served.length - given_back, served.size)
     if total is None:
         transactions.rollback()
