@@ -173,6 +173,9 @@ class LocalS3:
             "-s3.port.lance=0",
             # A missing bucket is an error, as on AWS, not created by the first upload.
             "-s3.autoCreateBucket=false",
+            # Single-master mode: no wait for a Raft quorum, so the volume server's first
+            # heartbeat finds a leader (else it tries again 5 s later).
+            "-master.peers=none",
             "-master.telemetry=false",
             f"-master.volumeSizeLimitMB={self.volume_size_mb}",
             f"-volume.max={self.max_volumes}",
