@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ class Child:
 
     name: str
     process: subprocess.Popen[bytes]
+    stop: Callable[[], None] | None = None  # its own way to stop, when it has one
 
 
 def _pairs(command: list[str]) -> list[tuple[str, str]]:
@@ -55,7 +57,9 @@ class Launcher:
     def stop_all(self) -> None:
         # Last started first, each waited for, so the worker finishes before Redis goes away.
         for child in reversed(self.children):
-            if child.process.poll() is None:
+            if child.stop is not None:
+                child.stop()
+            elif child.process.poll() is None:
                 os.killpg(child.process.pid, signal.SIGTERM)
                 try:
                     child.process.wait(timeout=10)
@@ -112,6 +116,44 @@ def secret_key() -> str:
     return path.read_text().strip()
 
 
+def start_local_s3(launcher: Launcher, env: dict[str, str]) -> str:
+    """Start SeaweedFS with its data under instance/seaweedfs/ and point the S3 settings at it."""
+    from devservers.seaweed import LocalS3, StartError, hermetic_aws_environment, stored_keys
+
+    folder = INSTANCE / "seaweedfs"
+    port = int(env.get("SMI_S3_PORT", "8333"))
+    if not port_is_free(port):
+        raise SystemExit(f"port {port} is taken; set SMI_S3_PORT or S3_ENDPOINT_URL")
+    access_key, secret_key = stored_keys(folder / "keys.env")
+    local = LocalS3(
+        folder / "data",
+        folder / "logs",
+        access_key,
+        secret_key,
+        s3_port=port,
+        volume_size_mb=1024,
+        max_volumes=0,  # as many as the disk holds
+    )
+    print(f"  starting seaweedfs: S3 on 127.0.0.1:{port}, logs in {local.log_dir}", flush=True)
+    try:
+        local.start()
+        bucket = env.get("S3_BUCKET") or "smi-local"
+        local.create_bucket(bucket)
+    except StartError as exc:
+        raise SystemExit(f"SeaweedFS did not start: {exc}") from None
+    finally:
+        if local.process is not None:
+            launcher.children.append(Child("seaweedfs", local.process, local.stop))
+    env.update(local.settings(bucket, env.get("S3_PREFIX", "")))
+    # The web app and the worker read no ~/.aws and ask no instance metadata service.
+    env.update(hermetic_aws_environment(folder))
+    return (
+        f"Files go to bucket {bucket} of a local S3 store (SeaweedFS) at {local.endpoint_url};"
+        f" browse it at {local.filer_url}{bucket}/\n"
+        f"Its data is under {local.data_dir}, its keys in {folder / 'keys.env'}."
+    )
+
+
 def default_upscaler() -> tuple[str, str]:
     """`neural` when its model loads here, `local` otherwise, with the reason."""
     try:
@@ -120,6 +162,13 @@ def default_upscaler() -> tuple[str, str]:
         return "local", f"the neural engine cannot load: {exc}"
     ok, message = neural_model_status()
     return ("neural", message) if ok else ("local", f"the neural model did not load: {message}")
+
+
+def _stop_on_sigterm(*_: object) -> None:
+    # Once: `timeout … make run` signals make and the launcher, and make passes it on, which
+    # would otherwise interrupt the stopping of the children.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def main() -> None:
@@ -133,8 +182,13 @@ def main() -> None:
     env.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{web_port}")
     launcher = Launcher()
 
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    storage = ""
     try:
+        if env.get("STORAGE_BACKEND") == "s3" and not env.get("S3_ENDPOINT_URL"):
+            # Before the database step: the demo catalog's images go to the store.
+            print("Sell My Images: starting the local S3 store", flush=True)
+            storage = start_local_s3(launcher, env)
         print("Sell My Images: preparing the database", flush=True)
         for step in (["db", "upgrade"], ["smi", "seed-demo"]):
             subprocess.run([PYTHON, "-m", "flask", *step], cwd=ROOT, env=env, check=True)
@@ -246,6 +300,8 @@ def main() -> None:
         wait_for_port("127.0.0.1", web_port, "web app")
         print(f"\nThe shop is running at {env['PUBLIC_BASE_URL']}/", flush=True)
         print(f"Mail it sends is printed here and saved under {INSTANCE / 'mail'}.", flush=True)
+        if storage:
+            print(storage, flush=True)
         if not env.get("ADMIN_EMAIL"):
             print(
                 "Admin area: /admin; create an account with "

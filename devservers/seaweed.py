@@ -71,14 +71,17 @@ def generate_keys() -> tuple[str, str]:
 
 
 def stored_keys(path: Path) -> tuple[str, str]:
-    """Keys generated on first use and kept in `path` (mode 0600), so data survives restarts."""
+    """Keys generated on first use and kept in `path` (mode 0600), so data survives restarts.
+
+    The file is in .env form (AWS_ACCESS_KEY_ID=…), for a shell's `set -a; . path; set +a`.
+    """
     if not path.exists():
         access_key, secret_key = generate_keys()
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
-        path.write_text(json.dumps({"access_key": access_key, "secret_key": secret_key}) + "\n")
-    keys = json.loads(path.read_text())
-    return keys["access_key"], keys["secret_key"]
+        path.write_text(f"AWS_ACCESS_KEY_ID={access_key}\nAWS_SECRET_ACCESS_KEY={secret_key}\n")
+    keys = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return keys["AWS_ACCESS_KEY_ID"], keys["AWS_SECRET_ACCESS_KEY"]
 
 
 def free_ports(count: int) -> list[int]:
@@ -131,6 +134,11 @@ class LocalS3:
         return f"http://127.0.0.1:{self.ports['s3.port']}"
 
     @property
+    def filer_url(self) -> str:
+        """The filer's web page (no sign-in, loopback only): buckets are folders of /buckets/."""
+        return f"http://127.0.0.1:{self.ports['filer.port']}/buckets/"
+
+    @property
     def config_path(self) -> Path:
         """The gateway's identities (its keys): kept with the data, never in the logs."""
         return self.data_dir / "s3.config.json"
@@ -166,6 +174,9 @@ class LocalS3:
             "-s3.port.lance=0",
             # A missing bucket is an error, as on AWS, not created by the first upload.
             "-s3.autoCreateBucket=false",
+            # Single-master mode: no wait for a Raft quorum, so the volume server's first
+            # heartbeat finds a leader (else it tries again 5 s later).
+            "-master.peers=none",
             "-master.telemetry=false",
             f"-master.volumeSizeLimitMB={self.volume_size_mb}",
             f"-volume.max={self.max_volumes}",
@@ -357,7 +368,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--s3-port", type=int, default=None, help="default: a free port")
     args = parser.parse_args(argv)
     folder = args.dir.resolve()
-    access_key, secret_key = stored_keys(folder / "keys.json")
+    access_key, secret_key = stored_keys(folder / "keys.env")
     local = LocalS3(folder / "data", folder / "logs", access_key, secret_key, args.s3_port)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
