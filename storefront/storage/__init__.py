@@ -53,21 +53,18 @@ def temporary_path(app: Flask, suffix: str = "") -> Path:
     return temporary_file(work_dir(app), suffix)
 
 
-_backends: dict[tuple[int, int], Storage] = {}
 _backends_lock = threading.Lock()
 
 
 def backend(app: Flask) -> Storage:
     """The app's storage backend, made once per app and process (a forked worker makes its own)."""
-    cache_key = (id(app), os.getpid())
-    found = _backends.get(cache_key)
-    if found is not None:
-        return found
-    with _backends_lock:
-        found = _backends.get(cache_key)
-        if found is None:
-            found = _make_backend(app)
-            _backends[cache_key] = found
+    made: dict[int, Storage] = app.extensions.setdefault("smi_storage", {})
+    found = made.get(os.getpid())
+    if found is None:
+        with _backends_lock:
+            found = made.get(os.getpid())
+            if found is None:
+                found = made[os.getpid()] = _make_backend(app)
     return found
 
 
