@@ -96,6 +96,8 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("SECRET_KEY", str, None, help="Flask session signing; required outside development"),
     Setting("DATABASE_URL", str, None, help="SQLAlchemy URL; default sqlite:///<instance>/smi.db"),
+    Setting("DATABASE_POOL_SIZE", int, 5, 1, 100, help="connections kept open per process"),
+    Setting("DATABASE_MAX_OVERFLOW", int, 10, 0, 100, help="extra connections under load"),
     Setting("REDIS_URL", str, "redis://127.0.0.1:6379/0", help="Redis for RQ"),
     Setting("PUBLIC_BASE_URL", str, "http://127.0.0.1:5000", help="absolute base for links"),
     Setting("STORAGE_DIR", str, None, help="root of originals and deliveries"),
