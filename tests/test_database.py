@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool, QueuePool
 
 from storefront import create_app
-from storefront.config import ConfigError
+from storefront.config import ConfigError, load_settings
 from storefront.extensions import db
 from tests.conftest import POSTGRES_URL
 
@@ -40,6 +40,24 @@ def test_a_server_database_pool_has_the_configured_size_and_pings_first(tmp_path
 def test_the_pool_defaults_are_five_and_ten_more_under_load(tmp_path: Path) -> None:
     pool = _pool_of(tmp_path, DATABASE_URL=UNREACHABLE_POSTGRES)
     assert (pool.size(), pool._max_overflow, pool._pre_ping) == (5, 10, True)
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        ("postgresql://shop:pw@db.internal/shop", "postgresql+psycopg://shop:pw@db.internal/shop"),
+        ("postgres://shop:pw@db.internal/shop", "postgresql+psycopg://shop:pw@db.internal/shop"),
+        ("postgresql+psycopg://shop@/shop?host=/run", "postgresql+psycopg://shop@/shop?host=/run"),
+        ("sqlite:////srv/smi.db", "sqlite:////srv/smi.db"),
+    ],
+)
+def test_a_postgres_url_is_driven_by_psycopg_3(tmp_path: Path, given: str, used: str) -> None:
+    settings = load_settings(tmp_path, environ={"DATABASE_URL": given})
+    assert (settings["DATABASE_URL"], settings["SQLALCHEMY_DATABASE_URI"]) == (given, used)
+    app = create_app({"TESTING": True, "DATABASE_URL": given, "STORAGE_DIR": str(tmp_path)})
+    with app.app_context():
+        assert db.engine.driver == ("psycopg" if "postgres" in given else "pysqlite")
+        db.engine.dispose()
 
 
 def test_pool_settings_out_of_range_are_refused(tmp_path: Path) -> None:
