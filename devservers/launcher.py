@@ -55,6 +55,10 @@ class Launcher:
         return child
 
     def stop_all(self) -> None:
+        # A second Ctrl-C or SIGTERM must not cut this short and leave children running: `make`
+        # passes its SIGTERM on, so `timeout make run` or `kill` of the group sends two.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
         # Last started first, each waited for, so the worker finishes before Redis goes away.
         for child in reversed(self.children):
             if child.stop is not None:

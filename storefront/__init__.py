@@ -65,10 +65,7 @@ def _init_extensions(app: Flask) -> None:
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     if app.config["STORAGE_BACKEND"] == "local":
         Path(app.config["STORAGE_DIR"]).mkdir(parents=True, exist_ok=True)
-    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
-        # Web, worker and sweeper write at once: wait for a lock rather than fail at once.
-        options = app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {})
-        options.setdefault("connect_args", {}).setdefault("timeout", 30)
+    _set_engine_options(app)
     db.init_app(app)
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
         with app.app_context():
@@ -77,6 +74,19 @@ def _init_extensions(app: Flask) -> None:
     mail.init_app(app)
     csrf.init_app(app)
     _init_limiter(app)
+
+
+def _set_engine_options(app: Flask) -> None:
+    """SQLite waits for a writer's lock; a server database gets a sized pool that tests each
+    connection before use, so one the server or a proxy closed is replaced, not handed out."""
+    options = app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {})
+    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
+        # Web, worker and sweeper write at once: wait for a lock rather than fail at once.
+        options.setdefault("connect_args", {}).setdefault("timeout", 30)
+    else:
+        options.setdefault("pool_pre_ping", True)
+        options.setdefault("pool_size", int(app.config["DATABASE_POOL_SIZE"]))
+        options.setdefault("max_overflow", int(app.config["DATABASE_MAX_OVERFLOW"]))
 
 
 def _trust_proxies(app: Flask) -> None:

@@ -80,6 +80,15 @@ def _time_of_day(raw: str) -> str:
     return f"{int(hours):02d}:{int(minutes):02d}"
 
 
+def database_uri(url: str) -> str:
+    """The SQLAlchemy URL of a DATABASE_URL: `postgresql://` and `postgres://` (as hosts give it)
+    name psycopg 3, the driver of the `postgres` extra; SQLAlchemy 2.0 would look for psycopg2."""
+    scheme, separator, rest = url.partition("://")
+    if separator and scheme in ("postgres", "postgresql"):
+        return f"postgresql+psycopg://{rest}"
+    return url
+
+
 @dataclass(frozen=True)
 class Setting:
     """One environment setting: its name, how to parse it, its default and its allowed range."""
@@ -96,6 +105,8 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("SECRET_KEY", str, None, help="Flask session signing; required outside development"),
     Setting("DATABASE_URL", str, None, help="SQLAlchemy URL; default sqlite:///<instance>/smi.db"),
+    Setting("DATABASE_POOL_SIZE", int, 5, 1, 100, help="connections kept open per process"),
+    Setting("DATABASE_MAX_OVERFLOW", int, 10, 0, 100, help="extra connections under load"),
     Setting("REDIS_URL", str, "redis://127.0.0.1:6379/0", help="Redis for RQ"),
     Setting("PUBLIC_BASE_URL", str, "http://127.0.0.1:5000", help="absolute base for links"),
     Setting("STORAGE_BACKEND", str.lower, "local", help="local (STORAGE_DIR) or s3 (a bucket)"),
@@ -262,7 +273,7 @@ def load_settings(
         settings["UPSAMPLER_RESULT_HOSTS"] = ("upsampler.com",)
     settings["PUBLIC_BASE_URL"] = settings["PUBLIC_BASE_URL"].rstrip("/")
 
-    settings["SQLALCHEMY_DATABASE_URI"] = settings["DATABASE_URL"]
+    settings["SQLALCHEMY_DATABASE_URI"] = database_uri(settings["DATABASE_URL"])
     settings["SESSION_COOKIE_HTTPONLY"] = True
     settings["SESSION_COOKIE_SAMESITE"] = "Lax"
     settings["SESSION_COOKIE_SECURE"] = not development

@@ -63,7 +63,7 @@ from storefront.jobs.emails import KINDS
 from storefront.jobs.recovery import STALE_GRACE, sweep
 from storefront.models import EmailOutbox, Job, JobEvent, utcnow
 from storefront.queues import DEFAULT_QUEUE, UPSCALE_QUEUE
-from tests.conftest import config_as_environment, wait_for_redis
+from tests.conftest import config_as_environment, empty_tables, wait_for_redis
 from tests.factories import make_attachment, make_post, resolve
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -491,9 +491,11 @@ class Chaos:
     """The shop on real parts in `workdir`, and the faults thrown at it; a context manager that
     stops every process and server it started, however it ends."""
 
-    def __init__(self, workdir: Path, plan: ChaosPlan) -> None:
+    def __init__(self, workdir: Path, plan: ChaosPlan, database_url: str = "") -> None:
         self.workdir = workdir
         self.plan = plan
+        # A PostgreSQL URL, emptied first; by default a fresh SQLite file in `workdir`.
+        self.database_url = database_url or f"sqlite:///{workdir / 'smi.db'}"
         self.rng = random.Random(plan.seed)
         self.faults: Counter[str] = Counter()
         self.recovery: Counter[str] = Counter()
@@ -557,7 +559,7 @@ class Chaos:
         self.config = {
             "SMI_ENV": "development",
             "SECRET_KEY": "chaos-secret-key",
-            "DATABASE_URL": f"sqlite:///{self.workdir / 'smi.db'}",
+            "DATABASE_URL": self.database_url,
             "STORAGE_DIR": str(self.workdir / "storage"),
             "REDIS_URL": self.redis.url,
             "PUBLIC_BASE_URL": self.web.url,
@@ -583,6 +585,8 @@ class Chaos:
         self.app = create_app(self.config)
         with self.app.app_context():
             upgrade()
+            if not self.database_url.startswith("sqlite"):
+                empty_tables()
 
     def close(self) -> None:
         """Stop every loop, process and server this run started."""
@@ -1171,7 +1175,7 @@ def retry_jobs_of(connection: Redis, dead_workers: set[str]) -> int:
     return retried
 
 
-def run_chaos(workdir: Path, plan: ChaosPlan) -> ChaosFigures:
+def run_chaos(workdir: Path, plan: ChaosPlan, database_url: str = "") -> ChaosFigures:
     """Run `plan` in `workdir` and return the figures; every process is stopped afterwards."""
-    with Chaos(workdir, plan) as chaos:
+    with Chaos(workdir, plan, database_url) as chaos:
         return chaos.run()

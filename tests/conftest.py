@@ -137,7 +137,8 @@ def _fresh_database_url(template_url: str, tmp_path: Path) -> str:
     return template_url
 
 
-def _empty_tables() -> None:
+def empty_tables() -> None:
+    """Delete every row of every table and restart the sequences (PostgreSQL)."""
     tables = [table.name for table in db.metadata.sorted_tables]
     if tables:
         db.session.execute(db.text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
@@ -176,7 +177,7 @@ def app(app_config: dict[str, Any]) -> Iterator[Flask]:
     application = create_app(app_config)
     with application.app_context():
         if POSTGRES_URL:
-            _empty_tables()
+            empty_tables()
         yield application
         db.session.remove()
         db.engine.dispose()

@@ -27,7 +27,7 @@ from storefront.jobs.queueing import enqueue_email
 from storefront.models import EmailOutbox
 from tests.admin_helpers import completed_job
 from tests.chaos_harness import Chaos, ChaosPlan, children_of
-from tests.conftest import WorkerProcess, wait_until
+from tests.conftest import POSTGRES_URL, WorkerProcess, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +56,7 @@ FAULT_KINDS = (
 
 
 def test_every_paid_order_completes_once_or_is_refunded_once(tmp_path: Path) -> None:
-    with Chaos(tmp_path, PLAN) as chaos:
+    with Chaos(tmp_path, PLAN, POSTGRES_URL) as chaos:
         figures = chaos.run()
         report = "\n".join(figures.lines())
         if figures.problems or figures.lost:
