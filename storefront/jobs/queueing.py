@@ -53,7 +53,11 @@ def _enqueue_once(
             existing = None
         if existing is not None:
             status = existing.get_status()
-            if status not in replaceable:
+            if status == JobStatus.QUEUED and queue.get_job_position(rq_id) is None:
+                # A worker took it off the queue and died before it marked it started: no one
+                # will ever run it. Queued again; a run that overlaps finds the work claimed.
+                log.warning("rq_job=%s was queued but is in no queue: queued again", rq_id)
+            elif status not in replaceable:
                 log.info("rq_job=%s is already %s", rq_id, status)
                 return False
             existing.delete()
