@@ -128,6 +128,30 @@ def test_the_catalog_and_previews_come_from_the_bucket(app: Flask, client: Flask
     assert not Path(app.config["STORAGE_DIR"]).exists()
 
 
+def test_a_preview_of_an_image_whose_original_is_gone_is_404(
+    app: Flask, client: FlaskClient
+) -> None:
+    attachment = make_attachment(app)
+    db.session.commit()
+    backend(app).delete(attachment.file_path)
+    response = client.get(f"/images/{attachment.id}/preview/thumb.jpg")
+    assert response.status_code == 404
+    assert "find that page" in response.get_data(as_text=True)
+
+
+def test_seeding_again_puts_back_demo_photos_missing_from_a_new_bucket(app: Flask) -> None:
+    """Switching `make run` from a folder to a bucket keeps the database: the demo comes back."""
+    from storefront.catalog.library import seed_demo
+
+    assert seed_demo(app) == 5
+    originals = _objects(app, "originals/")
+    assert len(originals) == 5
+    gone = sorted(originals)[0]
+    backend(app).delete(gone)
+    assert seed_demo(app) == 0
+    assert _objects(app, "originals/") == originals
+
+
 # Readiness -------------------------------------------------------------------------------------
 
 

@@ -116,8 +116,13 @@ def add_image(app: Flask, post: Post, source: Path, *, title: str, alt_text: str
 
 
 def seed_demo(app: Flask) -> int:
-    """Create the demo posts and images unless the catalog has content; return images added."""
+    """Create the demo posts and images unless the catalog has content; return images added.
+
+    With content already, the demo photos missing from storage are put back (storage was
+    switched, say from a folder to a bucket, under the same database).
+    """
     if db.session.scalar(select(Post.id).limit(1)) is not None:
+        restore_demo_files(app)
         return 0
     added = 0
     for demo in DEMO_POSTS:
@@ -130,6 +135,26 @@ def seed_demo(app: Flask) -> int:
             added += 1
     transactions.commit()
     return added
+
+
+def restore_demo_files(app: Flask) -> list[str]:
+    """Put back the demo photos whose rows are there but whose files are not; their keys."""
+    storage = backend(app)
+    restored = []
+    for demo in DEMO_POSTS:
+        for image in demo.images:
+            key = f"originals/{demo.slug}/{safe_filename(image.filename)}"
+            row = db.session.scalar(select(Attachment.id).where(Attachment.file_path == key))
+            if row is None or storage.stat(key) is not None:
+                continue
+            copy = temporary_path(app, Path(key).suffix)
+            try:
+                shutil.copyfile(DEMO_DIR / image.filename, copy)
+                storage.put_file(key, copy, read_image_info(DEMO_DIR / image.filename).mime_type)
+            finally:
+                copy.unlink(missing_ok=True)
+            restored.append(key)
+    return restored
 
 
 def preview_key(attachment_id: int, size: str) -> str:

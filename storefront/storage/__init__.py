@@ -17,6 +17,7 @@ from flask import Flask
 
 from storefront.storage.base import (
     TEMPORARY_PREFIX,
+    NotInStorage,
     Storage,
     StorageError,
     StoredObject,
@@ -27,6 +28,7 @@ from storefront.storage.base import (
 from storefront.storage.local import LocalStorage
 
 __all__ = [
+    "NotInStorage",
     "TEMPORARY_PREFIX",
     "Storage",
     "StorageError",

@@ -21,6 +21,10 @@ class StorageError(RuntimeError):
     """Storage cannot be reached or refused a request; the message says which, without secrets."""
 
 
+class NotInStorage(StorageError):
+    """The object asked for is not there."""
+
+
 @dataclass(frozen=True)
 class StoredObject:
     """A stored file: its key, its size in bytes and when it was last written (aware UTC)."""

@@ -12,7 +12,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from storefront.storage.base import TEMPORARY_PREFIX, StorageError, StoredObject, check_key
+from storefront.storage.base import (
+    TEMPORARY_PREFIX,
+    NotInStorage,
+    StorageError,
+    StoredObject,
+    check_key,
+)
 
 log = logging.getLogger("smi.storage")
 
@@ -61,7 +67,7 @@ class LocalStorage:
         """The stored file itself: no copy is needed on this machine."""
         path = self.path(key)
         if not path.is_file():
-            raise StorageError(f"{key} is not in storage")
+            raise NotInStorage(f"{key} is not in storage")
         yield path
 
     def open(self, key: str) -> BinaryIO:
@@ -69,7 +75,7 @@ class LocalStorage:
         try:
             return self.path(key).open("rb")
         except FileNotFoundError:
-            raise StorageError(f"{key} is not in storage") from None
+            raise NotInStorage(f"{key} is not in storage") from None
 
     def delete(self, key: str) -> int:
         """Remove the file, and its job's folder when that is left empty."""

@@ -23,7 +23,13 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from storefront.storage.base import StorageError, StoredObject, check_key, temporary_file
+from storefront.storage.base import (
+    NotInStorage,
+    StorageError,
+    StoredObject,
+    check_key,
+    temporary_file,
+)
 
 log = logging.getLogger("smi.storage")
 
@@ -144,7 +150,7 @@ class S3Storage:
                 )
             except ClientError as exc:
                 if str(exc.response.get("Error", {}).get("Code", "")) in MISSING:
-                    raise StorageError(f"{key} is not in storage") from exc
+                    raise NotInStorage(f"{key} is not in storage") from exc
                 raise self._fail(exc, "download") from exc
             except BotoCoreError as exc:
                 raise self._fail(exc, "download") from exc
@@ -158,7 +164,7 @@ class S3Storage:
             found = self.client.get_object(Bucket=self.bucket, Key=self.object_name(key))
         except ClientError as exc:
             if str(exc.response.get("Error", {}).get("Code", "")) in MISSING:
-                raise StorageError(f"{key} is not in storage") from exc
+                raise NotInStorage(f"{key} is not in storage") from exc
             raise self._fail(exc, "read") from exc
         except BotoCoreError as exc:
             raise self._fail(exc, "read") from exc

@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from storefront.extensions import db, limiter
-from storefront.storage import StorageError
+from storefront.storage import NotInStorage, StorageError
 
 log = logging.getLogger("smi.errors")
 
@@ -66,6 +66,9 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(StorageError)
     def storage_down(error: StorageError) -> ResponseReturnValue:
         db.session.rollback()
+        if isinstance(error, NotInStorage):
+            log.error("a stored file is missing: %s", error)
+            return render_error(404)
         log.error("storage unavailable: %s", error)
         body, status = render_error(503, "Our file storage isn't answering just now.")
         return body, status, {"Retry-After": "60"}
