@@ -132,6 +132,7 @@ def secured_app(app_config: dict[str, Any], secured_redis: str) -> Iterator[Flas
         yield application
 
 
+@pytest.mark.slow
 def test_app_limits_and_worker_use_a_secured_redis(
     secured_app: Flask, secured_redis: str, tmp_path: Path
 ) -> None:
