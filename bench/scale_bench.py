@@ -13,17 +13,19 @@ queues as real ones do. Then it starts N `python -m worker` processes, each with
 (STORAGE_BACKEND=s3: no shared folder), and times from the first worker's start until every job is
 completed and its "ready" email accepted by the sink.
 
-Printed per N: seconds, orders per minute, the ratio to N=1, the peak RSS of the worker processes
-(each worker with its work horses, from the kernel's accounting when the worker exits), and the
-check: each order upscaled once (one `completed` event per job, claimed once, one object under
-`deliveries/<job>/`, its RQ upscale finished, nothing in RQ's failed registries) and mailed once
-(one "ready" message per order in the sink, known by its outbox Message-ID). The exit status is 0
-when every check passes. Everything listens on loopback or a unix socket and is stopped and deleted
-at the end, also after an error or Ctrl-C.
+Printed per N: seconds, orders per minute, the ratio to N=1, the cores the workers kept busy, the
+peak RSS of the worker processes (each worker with its work horses, from the kernel's accounting
+when the worker exits), and the check: each order upscaled once (one `completed` event per job,
+claimed once, one object under `deliveries/<job>/`, its RQ upscale finished, nothing in RQ's
+failed registries) and mailed once (one "ready" message per order in the sink, told by the
+order's own buyer address and the subject; a message sent twice counts twice). The exit status
+is 0 when every check passes. Everything listens on loopback or a unix socket and is stopped and
+deleted at the end, also after an error or Ctrl-C.
 
-The upscale itself (libvips) already uses more than one core, and the machine's cores are shared
-with other work: N workers cannot go faster than the cores allow, so on 2 cores N=4 cannot beat
-N=2. Run it twice before trusting a figure.
+No number of workers computes faster than the machine's cores: on 2 cores N=4 can beat N=2 only
+by filling the time N=2's workers spend waiting, and the "cores busy" column (the workers' CPU
+time over the wall time) shows how close a run came to the cores. The cores are shared with other
+work: run it twice before trusting a figure.
 """
 
 from __future__ import annotations
@@ -505,9 +507,9 @@ def report(figures: list[RunFigures], size: tuple[int, int]) -> list[str]:
         f"be faster than N={cores} except by filling the time N={cores}'s workers spend "
         "waiting (forking a work horse and building the app for each job, PostgreSQL, the "
         "bucket, SMTP); 'cores busy' (the workers' CPU time over the wall time) shows how "
-        f"close a run came to {cores}, and each worker costs its memory. The resampling "
-        "already runs on libvips threads over every core, so even N=2 gains less than 2x "
-        "over N=1. Workers on hosts of their own add their cores.",
+        f"close a run came to {cores}, and each worker costs its memory. Other work on the "
+        "same cores, and libvips' own threads in each upscale, keep even N=2 under 2x N=1. "
+        "Workers on hosts of their own add their cores.",
     ]
     return lines
 
