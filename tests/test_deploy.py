@@ -29,7 +29,6 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from storefront import create_app
 from storefront.extensions import db
 from storefront.jobs.delivery import token_digest
 from storefront.models import DownloadLog, Job
@@ -327,23 +326,25 @@ def test_without_trusted_proxies_a_forged_forwarded_for_is_ignored(
     assert [row.ip for row in _logged(job.job_id)] == [CLIENT_ADDRESS]
 
 
+@pytest.fixture
+def one_proxy(app_config: dict[str, Any]) -> None:
+    """The test app behind one trusted proxy (set before `app` is built)."""
+    app_config["TRUSTED_PROXY_HOPS"] = 1
+
+
 def test_behind_one_trusted_proxy_its_forwarded_for_is_the_client(
-    app_config: dict[str, Any],
+    one_proxy: None, app: Flask, client: FlaskClient
 ) -> None:
-    app = create_app({**app_config, "TRUSTED_PROXY_HOPS": 1})
-    with app.app_context():
-        job = _job(app)
-        forwarded = {"X-Forwarded-For": "203.0.113.66, 198.51.100.7"}
-        response = app.test_client().get(
-            f"/download/{TOKEN}/file",
-            headers=forwarded,
-            environ_base={"REMOTE_ADDR": "127.0.0.1"},
-            buffered=True,
-        )
-        assert response.status_code == 200
-        assert [row.ip for row in _logged(job.job_id)] == ["198.51.100.7"]  # the last hop's
-        db.session.remove()
-        db.engine.dispose()
+    job = _job(app)
+    forwarded = {"X-Forwarded-For": "203.0.113.66, 198.51.100.7"}
+    response = client.get(
+        f"/download/{TOKEN}/file",
+        headers=forwarded,
+        environ_base={"REMOTE_ADDR": "127.0.0.1"},
+        buffered=True,
+    )
+    assert response.status_code == 200
+    assert [row.ip for row in _logged(job.job_id)] == ["198.51.100.7"]  # the last hop's
 
 
 # gunicorn's access log

@@ -178,30 +178,15 @@ def test_readyz_names_storage_when_the_bucket_cannot_be_used(
     assert change.get("AWS_SECRET_ACCESS_KEY", "\0") not in response.get_data(as_text=True)
 
 
-def test_a_download_link_answers_503_not_500_when_storage_is_unreachable(
-    app_config: dict[str, Any],
-) -> None:
+@pytest.fixture
+def unreachable(app_config: dict[str, Any]) -> None:
+    """The test app with a storage endpoint where nothing listens (set before `app` is built)."""
     app_config["S3_ENDPOINT_URL"] = "http://127.0.0.1:1"
-    broken = create_app(app_config)
-    with broken.app_context():
-        job = make_job(
-            make_attachment_row(),
-            status="completed",
-            payment_status="paid",
-            upscaled_file_path="deliveries/x/y.jpg",
-            download_token=token_digest(TOKEN),
-            download_expires_at=utcnow() + dt.timedelta(hours=1),
-        )
-        db.session.commit()
-        response = broken.test_client().get(f"/download/{TOKEN}")
-        assert response.status_code == 503
-        assert "storage" in response.get_data(as_text=True)
-        assert fresh(job.job_id).download_count == 0
-        db.engine.dispose()
 
 
-def make_attachment_row() -> Any:
-    """An image row whose file is never read (storage does not answer anyway)."""
+def test_a_download_link_answers_503_not_500_when_storage_is_unreachable(
+    unreachable: None, app: Flask, client: FlaskClient
+) -> None:
     from storefront.models import Attachment
     from tests.factories import make_post
 
@@ -217,7 +202,20 @@ def make_attachment_row() -> Any:
     )
     db.session.add(attachment)
     db.session.flush()
-    return attachment
+    job = make_job(
+        attachment,
+        status="completed",
+        payment_status="paid",
+        upscaled_file_path="deliveries/x/y.jpg",
+        download_token=token_digest(TOKEN),
+        download_expires_at=utcnow() + dt.timedelta(hours=1),
+    )
+    db.session.commit()
+    response = client.get(f"/download/{TOKEN}")
+    assert response.status_code == 503
+    assert "storage" in response.get_data(as_text=True)
+    assert response.headers["Retry-After"] == "60"
+    assert fresh(job.job_id).download_count == 0
 
 
 # The buyer's path, web and workers on separate folders ----------------------------------------
