@@ -147,7 +147,9 @@ def summaries(envelopes: Iterable[Envelope]) -> list[str]:
     lines = []
     for env in envelopes:
         for item in env.items:
-            lines.append(f"{item.type}: {summary(item.json())}" if item.type == "event" else item.type)
+            lines.append(
+                f"{item.type}: {summary(item.json())}" if item.type == "event" else item.type
+            )
     return lines
 
 
@@ -174,7 +176,7 @@ def _decode_body(request: Request) -> bytes:
 def create_wsgi_app(store: EnvelopeStore, echo: bool = False) -> Any:
     """The WSGI app: `POST /api/<project>/envelope/` is kept; anything else is a 404."""
 
-    @Request.application  # type: ignore[arg-type]
+    @Request.application
     def application(request: Request) -> Response:
         match = ENVELOPE_PATH.fullmatch(request.path)
         if match is None or request.method != "POST":
@@ -202,7 +204,11 @@ class LocalSentry:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, echo: bool = False) -> None:
         self.store = EnvelopeStore()
         server = make_server(
-            host, port, create_wsgi_app(self.store, echo), threaded=True, request_handler=QuietHandler
+            host,
+            port,
+            create_wsgi_app(self.store, echo),
+            threaded=True,
+            request_handler=QuietHandler,
         )
         self.port = server.port
         self.url = f"http://{url_host(host)}:{self.port}"

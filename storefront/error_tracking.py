@@ -17,12 +17,15 @@ import re
 from collections.abc import Mapping
 from datetime import datetime
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from flask import Flask
 
 from storefront.config import ConfigError
 from storefront.redaction import SECRET_HEADERS, redact
+
+if TYPE_CHECKING:
+    from sentry_sdk._types import Breadcrumb, BreadcrumbHint, Event, Hint
 
 log = logging.getLogger("smi.error_tracking")
 
@@ -201,7 +204,7 @@ def scrub(value: Any) -> Any:
     return scrub_text(repr(value))  # an object a breadcrumb holds: only its scrubbed text
 
 
-def scrub_event(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] | None:
+def scrub_event(event: Event, hint: Hint) -> Event | None:
     """before_send: drop error lines without a traceback; scrub the rest; tag the RQ job."""
     if "log_record" in hint and "exc_info" not in hint:
         return None  # a log line without a traceback: a breadcrumb, not an event
@@ -209,7 +212,7 @@ def scrub_event(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] |
     if isinstance(request, dict):
         request.pop("cookies", None)
         request.pop("data", None)
-    cleaned: dict[str, Any] = scrub(event)
+    cleaned = scrub(event)
     rq_job = (cleaned.get("extra") or {}).get("rq-job")
     if isinstance(rq_job, dict) and rq_job.get("job_id"):
         tags = cleaned.setdefault("tags", {})
@@ -218,12 +221,11 @@ def scrub_event(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] |
         shop_job = SHOP_JOB_ID.search(str(rq_job.get("description") or ""))
         if shop_job:
             tags["job_id"] = shop_job.group(0)
-    return cleaned
+    return cast("Event", cleaned)
 
 
-def scrub_breadcrumb(crumb: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] | None:
+def scrub_breadcrumb(crumb: Breadcrumb, hint: BreadcrumbHint) -> Breadcrumb | None:
     """before_breadcrumb: SQL without its parameters; every breadcrumb's text scrubbed."""
     if crumb.get("category") == "query" and isinstance(crumb.get("data"), dict):
         crumb["data"] = {k: v for k, v in crumb["data"].items() if k != "db.params"}
-    cleaned: dict[str, Any] = scrub(crumb)
-    return cleaned
+    return cast("Breadcrumb", scrub(crumb))
