@@ -39,6 +39,8 @@ SECRET_TEXT = (
     (re.compile(r"(?<![0-9A-Fa-f])[0-9A-Fa-f]{64}(?![0-9A-Fa-f])"), "[token]"),
     (re.compile(r"\b(?:sk|rk|pk)_(?:test|live)_[0-9A-Za-z]+"), "[stripe key]"),
     (re.compile(r"\bwhsec_[0-9A-Za-z]+"), "[webhook secret]"),
+    # The values SQLAlchemy writes into a database error's message.
+    (re.compile(r"\[parameters: [^\n]*"), "[parameters: [Filtered]]"),
 )
 # Keys (of headers, form fields, local variables, extra data) whose whole value goes, compared in
 # lower case with `-` as `_`.

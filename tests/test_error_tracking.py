@@ -21,6 +21,7 @@ from storefront import create_app, error_tracking
 from storefront.extensions import db
 from storefront.queues import DEFAULT_QUEUE, get_queue
 from tests.admin_helpers import completed_job
+from tests.chaos_harness import WebServer
 from tests.conftest import WorkerProcess
 
 EMAIL = "buyer.secret@example.com"
@@ -171,6 +172,33 @@ def test_the_envelope_server_reads_gzip_and_plain_envelopes(sentry_local: LocalS
     assert (
         requests.post(f"{sentry_local.url}/api/1/store/", data=body, timeout=5).status_code == 404
     )
+
+
+@pytest.mark.slow
+def test_a_view_failing_under_gunicorn_arrives_once_from_its_worker(
+    app: Flask, sentry_local: LocalSentry, tmp_path: Any
+) -> None:
+    from tests.conftest import config_as_environment
+
+    # A database without its tables: the order page fails in whichever gunicorn worker takes it.
+    config = dict(app.config, DATABASE_URL=f"sqlite:///{tmp_path / 'empty.db'}")
+    config.update(SENTRY_DSN=sentry_local.dsn, SENTRY_RELEASE="smi@web-3")
+    web = WebServer(tmp_path)
+    web.start(config_as_environment(config))
+    try:
+        job_id = "5b0f6a52-0c8e-4d6e-9a43-1f2d3c4b5a69"
+        response = requests.get(f"{web.url}/orders/{job_id}?session_id={SESSION}", timeout=10)
+        assert response.status_code == 500
+        assert "Something went wrong on our side" in response.text
+    finally:
+        web.close()  # gunicorn's workers exit, sending what they hold
+    (event,) = sentry_local.events()
+    exception = event["exception"]["values"][-1]
+    assert exception["type"] == "OperationalError" and "no such table" in exception["value"]
+    assert "[parameters: [Filtered]]" in exception["value"] and job_id not in exception["value"]
+    assert event["request"]["query_string"] == "session_id=[session]"
+    assert (event["release"], event["environment"]) == ("smi@web-3", "development")
+    _no_secret_in(sentry_local.raw_bodies(), SESSION)
 
 
 def _closed_port() -> int:
