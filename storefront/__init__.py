@@ -14,6 +14,7 @@ from redis.retry import Retry
 from sqlalchemy import event
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from storefront import error_tracking
 from storefront.config import PROJECT_ROOT, environment, load_settings
 
 __all__ = ["PROJECT_ROOT", "create_app"]
@@ -42,6 +43,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     _register_error_handlers(app)
     _register_cli(app)
     _register_template_filters(app)
+    error_tracking.install(app)
     return app
 
 

@@ -192,6 +192,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ADMIN_LOGIN_MAX_DELAY_SECONDS", int, 60, 0, 3600, help="longest wait"),
     Setting("ADMIN_LOGIN_LOCK_AFTER", int, 8, 1, 1000, help="failures before a lock"),
     Setting("ADMIN_LOGIN_LOCK_MINUTES", int, 15, 1, 10080, help="length of a lock"),
+    # Operable in production (C): error tracking with Sentry (storefront.error_tracking)
+    Setting("SENTRY_DSN", str, None, help="send errors to Sentry; unset: nothing is sent"),
+    Setting("SENTRY_ENVIRONMENT", str, None, help="environment of events; default SMI_ENV"),
+    Setting("SENTRY_RELEASE", str, None, help="release of events; default the app's version"),
 )
 SETTINGS_BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
 EDITABLE_NAMES: frozenset[str] = frozenset(s.name for s in SETTINGS if s.editable)

@@ -24,6 +24,8 @@ from rq.job import Job, JobStatus
 from werkzeug.serving import make_server
 
 from devservers.common import ServerThread
+from devservers.sentry_local import LocalSentry
+from devservers.sentry_local import start_server as start_sentry
 from devservers.smtp_sink import SinkHandler, start_sink
 from devservers.stripe_local import LocalStripe
 from devservers.stripe_local import start_server as start_stripe
@@ -228,6 +230,21 @@ def stripe_local(app: Flask) -> Iterator[LocalStripe]:
             STRIPE_WEBHOOK_SECRET="whsec_test_secret",
         )
         yield local
+
+
+@pytest.fixture
+def sentry_local() -> Iterator[LocalSentry]:
+    """A local Sentry envelope server; `sentry_local.dsn` sends to it (`SENTRY_DSN`).
+
+    Sentry started in this process by an app built with that DSN is stopped afterwards.
+    """
+    from storefront import error_tracking
+
+    with start_sentry() as local:
+        try:
+            yield local
+        finally:
+            error_tracking.shutdown()
 
 
 @dataclass

@@ -13,6 +13,7 @@ from flask_wtf.csrf import CSRFError
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from storefront import error_tracking
 from storefront.extensions import db, limiter
 from storefront.storage import NotInStorage, StorageError
 
@@ -81,5 +82,6 @@ def register_error_handlers(app: Flask) -> None:
     def unhandled(error: Exception) -> tuple[str, int]:
         # The failed request may have left the session mid-transaction.
         db.session.rollback()
+        error_tracking.capture_unhandled(error)  # its log line below is then not sent again
         log.exception("unhandled error: %s", type(error).__name__)
         return render_error(InternalServerError.code)
