@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import traceback
 from typing import Any
 
 from gunicorn.glogging import Logger
 
-from storefront.redaction import redact_atoms
+from storefront import logs
+from storefront.redaction import RedactSecrets, redact_atoms
 
 
 def _cores() -> int:
@@ -63,24 +65,52 @@ forwarded_allow_ips = ""
 secure_scheme_headers: dict[str, str] = {}
 
 # Logs go to stdout and stderr (journald keeps them under systemd), in the common log format
-# plus the time taken, with tokens, signatures and checkout session ids redacted.
+# plus the time taken, with tokens, signatures and checkout session ids redacted. With
+# LOG_FORMAT=json, gunicorn's own lines and its access lines are JSON objects, like the app's.
 accesslog = "-"
 errorlog = "-"
 access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(M)sms'
 
 
 class RedactingLogger(Logger):
-    """gunicorn's logger, whose access lines never show a secret: see storefront/redaction.py.
+    """gunicorn's logger, whose lines never show a secret (see storefront/redaction.py), in the
+    LOG_FORMAT of the environment (see storefront/logs.py).
 
-    Every atom of a line (request line, path, query string, Referer, headers) is redacted before
-    it is formatted; another format (JSON) only needs to override `access`.
+    Every atom of an access line (request line, path, query string, Referer, headers) is
+    redacted before it is formatted.
     """
+
+    def setup(self, cfg: Any) -> None:
+        """gunicorn's handlers, redacting, in LOG_FORMAT."""
+        super().setup(cfg)
+        self.log_format = logs.environment_log_format()
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                if getattr(handler, "_gunicorn", False):
+                    handler.addFilter(RedactSecrets())
+                    if self.log_format == "json":
+                        handler.setFormatter(logs.JsonFormatter())
+                        handler.addFilter(logs.AddContext())
 
     def atoms(
         self, resp: Any, req: Any, environ: dict[str, Any], request_time: dt.timedelta
     ) -> dict[str, object]:
         """The atoms of one access line, redacted."""
         return redact_atoms(super().atoms(resp, req, environ, request_time))
+
+    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
+        """In JSON, the access line as its message, and its parts as fields."""
+        if self.log_format != "json":
+            super().access(resp, req, environ, request_time)
+            return
+        if not self.access_log_enabled:
+            return
+        try:
+            atoms = self.atoms(resp, req, environ, request_time)
+            line = self.cfg.access_log_format % self.atoms_wrapper_class(atoms)
+            self.access_log.info(line, extra=logs.access_fields(atoms))
+        except Exception:
+            self.error(traceback.format_exc())
 
 
 logger_class = RedactingLogger

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -48,17 +46,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
 
 def _configure_logging(app: Flask) -> None:
-    """One line per event on stdout; access logs never show tokens or signatures."""
-    from storefront import redaction
+    """One line per event on stdout (LOG_FORMAT); logs never show tokens or signatures."""
+    from storefront import logs, redaction
 
     redaction.install()
-    logger = logging.getLogger("smi")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+    logs.install(app)
 
 
 def _init_extensions(app: Flask) -> None:

@@ -196,6 +196,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SENTRY_DSN", str, None, help="send errors to Sentry; unset: nothing is sent"),
     Setting("SENTRY_ENVIRONMENT", str, None, help="environment of events; default SMI_ENV"),
     Setting("SENTRY_RELEASE", str, None, help="release of events; default the app's version"),
+    # Operable in production (B): structured logs
+    Setting("LOG_FORMAT", str.lower, "text", help="text, or json: one JSON object per line"),
 )
 SETTINGS_BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
 EDITABLE_NAMES: frozenset[str] = frozenset(s.name for s in SETTINGS if s.editable)

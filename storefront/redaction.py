@@ -1,4 +1,4 @@
-"""Keep download tokens, signatures and checkout session ids out of access logs."""
+"""Keep download tokens, signatures, checkout session ids and passwords out of the logs."""
 
 from __future__ import annotations
 
@@ -15,6 +15,26 @@ SECRET_PATHS = (
     # A Checkout Session id anywhere else (the admin's job search, a Referer).
     (re.compile(r"\bcs_(?:test|live)_[0-9A-Za-z]+"), "cs_[session]"),
 )
+# Secrets in free text: a log message, an exception, a field added to a line.
+SECRET_TEXT = (
+    # Stripe's keys and webhook secrets; a Stripe-Signature's signatures (`t=…,v1=…`).
+    (re.compile(r"\b(?:sk|rk)_(?:test|live)_[0-9A-Za-z]+"), "[secret]"),
+    (re.compile(r"\bwhsec_[0-9A-Za-z]+"), "whsec_[secret]"),
+    (re.compile(r"\b(v[01]=)[0-9a-fA-F]{8,}"), r"\1[signature]"),
+    # A password in a URL: `redis://:pw@host`, `postgresql://user:pw@host`.
+    (re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@\s/]+@", re.IGNORECASE), r"\1[redacted]@"),
+    (re.compile(r"\b((?:bearer|basic)\s+)[^\s\"',]+", re.IGNORECASE), r"\1[redacted]"),
+    # `password=…`, `token: …`, `"api_key": "…"`, `Stripe-Signature: …`, `X-Auth-Token=…`.
+    (
+        re.compile(
+            r"""((?:[\w-]*(?:password|passwd|secret|token|api[_-]?key|signature))["']?\s*[=:]\s*["']?)"""
+            # Not a placeholder already, nor an SQL parameter marker (`= ?`, `%s`, `%(name)s`).
+            r"""(?!\[|\?|%s|%\(|:[A-Za-z_])[^\s"'&,;]+""",
+            re.IGNORECASE,
+        ),
+        r"\1[redacted]",
+    ),
+)
 
 # Request and response headers whose whole value is a secret.
 SECRET_HEADERS = frozenset(
@@ -25,8 +45,9 @@ HEADER_ATOM = re.compile(r"\{(?:http_)?([^}]+)\}[ioe]", re.IGNORECASE)
 
 
 def redact(text: str) -> str:
-    """`text` with every secret part of a URL path replaced by a placeholder."""
-    for pattern, replacement in SECRET_PATHS:
+    """`text` with every secret part of a URL path, and every secret in it, replaced by a
+    placeholder."""
+    for pattern, replacement in (*SECRET_PATHS, *SECRET_TEXT):
         text = pattern.sub(replacement, text)
     return text
 
@@ -43,16 +64,31 @@ def redact_atoms(atoms: Mapping[str, object]) -> dict[str, object]:
     return cleaned
 
 
+# What every log record has; any other attribute is a field added to the line (`extra=`).
+RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+_TRACEBACKS = logging.Formatter()
+
+
 class RedactSecrets(logging.Filter):
-    """A filter for access loggers (werkzeug's, gunicorn's) that redacts secret URL parts."""
+    """Redacts a log record in place, for any format: its message (merged with its arguments),
+    the fields added to it and its traceback. On access loggers (werkzeug's, gunicorn's) and on
+    every handler of `storefront.logs`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
-        elif isinstance(record.args, dict):  # gunicorn's atoms: one mapping, kept as its type
+        if isinstance(record.args, dict):  # gunicorn's atoms: header atoms are hidden whole
             record.args.update(redact_atoms(record.args))
-        elif isinstance(record.msg, str):
-            record.msg = redact(record.msg)
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed logging call: logging itself reports it
+            return True
+        record.msg, record.args = redact(message), ()
+        for name, value in list(vars(record).items()):
+            if name not in RECORD_ATTRIBUTES and isinstance(value, str):
+                setattr(record, name, redact(value))
+        if record.exc_info and not record.exc_text:
+            record.exc_text = _TRACEBACKS.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
         return True
 
 

@@ -7,8 +7,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from flask import Flask
+from rq import get_current_job
 
-from storefront import settings
+from storefront import logs, settings
 
 _app: Flask | None = None
 _app_pid: int | None = None
@@ -28,10 +29,11 @@ def task_app() -> Flask:
 
 
 @contextmanager
-def task_context() -> Iterator[Flask]:
-    """The app context a task runs in, with the settings the admin saved looked up afresh."""
+def task_context(job_id: str | None = None) -> Iterator[Flask]:
+    """The app context a task runs in, with the settings the admin saved looked up afresh; its
+    log lines carry `job_id`, the RQ job's id and the request id the RQ job was queued with."""
     app = task_app()
-    with app.app_context():
+    with app.app_context(), logs.task_fields(job_id, get_current_job()):
         settings.refresh(app)
         yield app
 

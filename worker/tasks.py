@@ -23,7 +23,7 @@ def process_job(job_id: str) -> str:
     """Upscale one paid job (the `upscale` queue)."""
     from worker.upscaling import upscale_job
 
-    with task_context():
+    with task_context(job_id):
         return upscale_job(job_id)
 
 
@@ -31,7 +31,7 @@ def send_job_email(kind: str, job_id: str, outbox_id: str = "") -> str:
     """Send one email about a job (the `default` queue), the one of outbox row `outbox_id`."""
     from storefront.jobs.emails import deliver
 
-    with task_context():
+    with task_context(job_id):
         return deliver(kind, job_id, outbox_id)
 
 
@@ -39,7 +39,7 @@ def check_upsampler(job_id: str, attempt: str = "0") -> str:
     """Ask Upsampler about a job (after its callback, or as the polling safety net)."""
     from worker.upsampler import check
 
-    with task_context():
+    with task_context(job_id):
         return check(job_id, int(attempt))
 
 

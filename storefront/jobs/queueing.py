@@ -16,7 +16,7 @@ from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job as RQJob
 from rq.job import JobStatus
 
-from storefront import transactions
+from storefront import logs, transactions
 from storefront.jobs import outbox
 from storefront.jobs.estimates import engine_for, neural_seconds
 from storefront.jobs.state import get_job
@@ -61,7 +61,7 @@ def _enqueue_once(
                 log.info("rq_job=%s is already %s", rq_id, status)
                 return False
             existing.delete()
-        queue.enqueue(func, *args, job_id=rq_id, unique=True, **options)
+        queue.enqueue(func, *args, job_id=rq_id, unique=True, meta=logs.rq_meta(), **options)
     except DuplicateJobError:
         log.info("rq_job=%s was queued by someone else just now", rq_id)
         return False
@@ -181,6 +181,7 @@ def enqueue_upsampler_check(job_id: str, *, delay_seconds: int = 0, attempt: int
             str(attempt),
             job_id=rq_id,
             unique=True,
+            meta=logs.rq_meta(),
             **options,
         )
     except DuplicateJobError:
