@@ -192,6 +192,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ADMIN_LOGIN_MAX_DELAY_SECONDS", int, 60, 0, 3600, help="longest wait"),
     Setting("ADMIN_LOGIN_LOCK_AFTER", int, 8, 1, 1000, help="failures before a lock"),
     Setting("ADMIN_LOGIN_LOCK_MINUTES", int, 15, 1, 10080, help="length of a lock"),
+    # Operations (A): Prometheus metrics
+    Setting("METRICS_TOKEN", str, None, help="bearer token for GET /metrics; unset: 404"),
 )
 SETTINGS_BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
 EDITABLE_NAMES: frozenset[str] = frozenset(s.name for s in SETTINGS if s.editable)
