@@ -65,18 +65,19 @@ control_socket_disable = True
 # worker answering a scrape adds up every file. The variable must be set before a worker imports
 # prometheus_client, so the master sets it here, before it forks (with --preload, which loads the
 # app in the master first, set it in the environment). A given folder is emptied of an earlier
-# run's files; without one, a private folder is made, and removed when gunicorn stops.
+# run's files; without one, a private folder is made, and removed when gunicorn stops (a new
+# master started by USR2, which inherits the old one's variable, makes its own).
 def on_starting(server: Any) -> None:
     """Give the workers an empty PROMETHEUS_MULTIPROC_DIR."""
     given = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip()
-    if given:
+    if given and given != os.environ.get("SMI_METRICS_DIR_MADE"):
         os.makedirs(given, mode=0o700, exist_ok=True)
         for stale in glob.glob(os.path.join(given, "*.db")):
             os.remove(stale)
     else:
-        server.smi_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
-            prefix="smi-metrics-"
-        )
+        made = tempfile.mkdtemp(prefix="smi-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ["SMI_METRICS_DIR_MADE"] = made
+        server.smi_metrics_dir = made
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,9 @@ from devservers.stripe_local import LocalStripe, sign
 from storefront import create_app, transactions
 from storefront.extensions import db
 from storefront.jobs import metrics
+from storefront.jobs.outcomes import complete_job
 from storefront.models import Job
+from storefront.storage import StoredObject
 from tests.conftest import (
     LiveApp,
     WorkerProcess,
@@ -138,6 +141,7 @@ def test_counts_wait_for_the_commit_and_a_rollback_forgets_them(
     assert value(samples, "smi_payments_total", resolution="4x") is None
     assert value(samples, "smi_refunds_total", kind="full") == 1
     assert value(samples, "smi_jobs", status="completed") == 1
+    assert value(samples, "smi_downloads_total") == 0  # without labels: there from the start
 
 
 def test_upscale_seconds_is_a_histogram_shared_through_redis(
@@ -205,6 +209,37 @@ def test_webhook_events_are_counted_processed_duplicate_and_rejected(
     assert value(samples, "smi_webhook_events_total", type=expired, outcome="processed") == 1
     assert value(samples, "smi_webhook_events_total", type=expired, outcome="duplicate") == 1
     assert value(samples, "smi_webhook_events_total", type="unverified", outcome="rejected") == 1
+
+
+def test_provider_credits_and_refunds_are_counted_where_they_are_recorded(
+    app: Flask, client: FlaskClient
+) -> None:
+    attachment = make_attachment(app)
+    upscaled = make_job(attachment, status="processing", payment_status="paid")
+    refunded = make_job(
+        attachment, status="completed", payment_status="paid", stripe_payment_intent_id="pi_m1"
+    )
+    transactions.commit()
+    output = StoredObject(f"deliveries/{upscaled.job_id}.jpg", 1000, dt.datetime.now(dt.UTC))
+    assert complete_job(upscaled, output, credits_used=7, cost=Decimal("0.28")) == "completed"
+    app.config["STRIPE_WEBHOOK_SECRET"] = WEBHOOK_SECRET
+    charge = {"payment_intent": "pi_m1", "amount_refunded": 20, "currency": "usd"}
+    for event_id in ("evt_r1", "evt_r2"):  # Stripe tells of the same refund twice
+        event = {"id": event_id, "type": "charge.refunded", "data": {"object": charge}}
+        payload = json.dumps(event)
+        answer = client.post(
+            "/webhooks/stripe",
+            data=payload,
+            headers={"Stripe-Signature": sign(payload, WEBHOOK_SECRET)},
+        )
+        assert answer.status_code == 200
+
+    samples = parse(scrape(client))
+    assert value(samples, "smi_provider_credits_total") == 7
+    assert value(samples, "smi_refunds_total", kind="partial") == 1
+    assert value(samples, "smi_refunds_total", kind="full") is None
+    stored = db.session.get(Job, refunded.id)
+    assert stored is not None and stored.refund_amount == Decimal("0.20")
 
 
 def test_redis_down_counts_nothing_and_breaks_nothing(
@@ -398,5 +433,6 @@ def test_a_purchase_shows_in_one_scrape_with_the_workers_figures(
     assert value(samples, "smi_jobs", status="awaiting_payment") == 0
     assert value(samples, "smi_downloads_total") == 1
     assert value(samples, "smi_download_bytes_total") == len(file.content)
+    assert value(samples, "smi_provider_credits_total") == 0  # the local engine uses none
     assert value(samples, "smi_queue_depth", queue="upscale") == 0
     assert link.rsplit("/", 1)[-1] not in text

@@ -234,6 +234,8 @@ def shared_families(app: Flask) -> list[Metric]:
 def _family(metric: Shared, samples: dict[tuple[str, ...], dict[str, float]]) -> Metric:
     if not metric.buckets:
         counter = CounterMetricFamily(metric.name, metric.help, labels=metric.labels)
+        if not metric.labels and not samples:
+            samples = {(): {"total": 0.0}}  # a counter without labels is there from the start
         for values, sample in sorted(samples.items()):
             counter.add_metric(list(values), sample.get("total", 0.0))
         return counter
