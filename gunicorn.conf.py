@@ -8,12 +8,17 @@ Command-line flags win over what is set here (`gunicorn --workers 2 wsgi:app`).
 - `WEB_CONCURRENCY`: worker processes; default 2 × cores + 1, at most 9
 - `GUNICORN_THREADS`: threads per worker; default 2 × cores, at most 5
 - `GUNICORN_TIMEOUT`: seconds a worker may stay silent before it is restarted; default 60
+- `PROMETHEUS_MULTIPROC_DIR`: where the workers keep their figures for `/metrics`; default a
+  private temporary folder made when gunicorn starts and removed when it stops
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import glob
 import os
+import shutil
+import tempfile
 import traceback
 from typing import Any
 
@@ -56,6 +61,40 @@ keepalive = 5  # nginx opens a connection per request; this covers clients that 
 # gunicorn 24+ opens a control socket in $XDG_RUNTIME_DIR or ~/.gunicorn, one per user: two
 # gunicorns of one user would share it. systemd restarts and reloads this one; no socket needed.
 control_socket_disable = True
+
+
+# /metrics: each worker writes its HTTP figures to files in PROMETHEUS_MULTIPROC_DIR, and the
+# worker answering a scrape adds up every file. The variable must be set before a worker imports
+# prometheus_client, so the master sets it here, before it forks (with --preload, which loads the
+# app in the master first, set it in the environment). A given folder is emptied of an earlier
+# run's files; without one, a private folder is made, and removed when gunicorn stops (a new
+# master started by USR2, which inherits the old one's variable, makes its own).
+def on_starting(server: Any) -> None:
+    """Give the workers an empty PROMETHEUS_MULTIPROC_DIR."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip()
+    if given and given != os.environ.get("SMI_METRICS_DIR_MADE"):
+        os.makedirs(given, mode=0o700, exist_ok=True)
+        for stale in glob.glob(os.path.join(given, "*.db")):
+            os.remove(stale)
+    else:
+        made = tempfile.mkdtemp(prefix="smi-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ["SMI_METRICS_DIR_MADE"] = made
+        server.smi_metrics_dir = made
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker ended: its counts stay (they are counts), its live gauges go."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    """Remove the folder on_starting made."""
+    made = getattr(server, "smi_metrics_dir", None)
+    if made:
+        shutil.rmtree(made, ignore_errors=True)
+
 
 # Who the client is, is decided in one place: the app's TRUSTED_PROXY_HOPS (werkzeug's ProxyFix
 # for X-Forwarded-For, -Proto and -Host). gunicorn itself would believe X-Forwarded-Proto from

@@ -38,6 +38,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     _install_security(app)  # before the extensions' hooks, which read bodies
     _init_extensions(app)
     _register_blueprints(app)
+    _install_metrics(app)
     _register_error_handlers(app)
     _register_cli(app)
     _register_template_filters(app)
@@ -143,6 +144,14 @@ def _register_blueprints(app: Flask) -> None:
     app.register_blueprint(webhooks_bp)
     app.register_blueprint(downloads_bp)
     app.register_blueprint(media_bp)
+
+
+def _install_metrics(app: Flask) -> None:
+    """`GET /metrics` and the HTTP figures (imported here: gunicorn's master sets
+    PROMETHEUS_MULTIPROC_DIR before prometheus_client may be imported)."""
+    from storefront.web import metrics
+
+    metrics.install(app)
 
 
 def _register_error_handlers(app: Flask) -> None:

@@ -192,6 +192,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ADMIN_LOGIN_MAX_DELAY_SECONDS", int, 60, 0, 3600, help="longest wait"),
     Setting("ADMIN_LOGIN_LOCK_AFTER", int, 8, 1, 1000, help="failures before a lock"),
     Setting("ADMIN_LOGIN_LOCK_MINUTES", int, 15, 1, 10080, help="length of a lock"),
+    # Operable in production (A): Prometheus metrics
+    Setting("METRICS_TOKEN", str, None, help="bearer token for GET /metrics; unset: 404"),
     # Operable in production (C): error tracking with Sentry (storefront.error_tracking)
     Setting("SENTRY_DSN", str, None, help="send errors to Sentry; unset: nothing is sent"),
     Setting("SENTRY_ENVIRONMENT", str, None, help="environment of events; default SMI_ENV"),

@@ -21,6 +21,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask
+from werkzeug.wsgi import ClosingIterator
 
 from storefront.config import ConfigError, environment
 from storefront.redaction import RECORD_ATTRIBUTES, RedactSecrets
@@ -105,8 +106,10 @@ class RequestIds:
     """WSGI middleware: each request gets an id (the proxy's `X-Request-ID` when sane, else a new
     uuid4), set for its log lines and sent back on its response, whatever made the response.
 
-    The id stays set in the thread until its next request, so the server's own access line,
-    written after the response, carries it too.
+    The id is cleared once the response's body is closed, so nothing the thread logs later
+    carries a stale one (gunicorn's access line takes it from the response's header). A body
+    that is a `wsgi.file_wrapper` is handed back as it is, for the server's sendfile: there the
+    id stays until the thread's next request.
     """
 
     def __init__(self, wsgi_app: WSGIApplication) -> None:
@@ -124,7 +127,15 @@ class RequestIds:
             headers.append((REQUEST_ID_HEADER, request_id))
             return start_response(status, headers, exc_info)
 
-        return self.wsgi_app(environ, start)
+        body = self.wsgi_app(environ, start)
+        if hasattr(body, "filelike"):
+            return body
+        return ClosingIterator(body, [_clear_context])
+
+
+def _clear_context() -> None:
+    for _name, variable in _CONTEXT:
+        variable.set(None)
 
 
 class AddContext(logging.Filter):

@@ -11,6 +11,7 @@ from flask import Flask, current_app
 from redis.exceptions import LockError, RedisError
 
 from storefront import settings
+from storefront.jobs import metrics
 from storefront.jobs.outcomes import (
     abandon_submission,
     begin_submission,
@@ -235,4 +236,6 @@ def _collect(job: Job, provider_job: UpsamplerJob) -> str:
         return "failed"
     credits = int(provider_job.credit_cost or 0)
     cost = (Decimal(credits) * settings.get("COST_PER_CREDIT")).quantize(Decimal("0.01"))
+    seconds = (utcnow() - (job.upsampler_submitted_at or utcnow())).total_seconds()
+    metrics.observe(metrics.UPSCALE_SECONDS, seconds, engine="upsampler", resolution=job.resolution)
     return complete_job(job, final, credits_used=credits, cost=cost)

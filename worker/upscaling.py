@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from flask import current_app
 from rq import get_current_job
 
+from storefront.jobs import metrics
 from storefront.jobs.estimates import engine_for
 from storefront.jobs.outcomes import claim_job, complete_job, fail_job, give_back, note_engine
 from storefront.jobs.state import get_job
@@ -72,7 +74,11 @@ def _make_output(job: Job) -> StoredObject:
     name = engine_for(attachment.width, attachment.height, job.factor, config) or "local"
     engine = get_engine(name, config)
     note_engine(job.job_id, name)
+    started = time.monotonic()
     with storage.local_copy(attachment.file_path) as source:
-        return write_output(
+        output = write_output(
             job, suffix, lambda temporary: engine.upscale(source, job.factor, temporary)
         )
+    seconds = time.monotonic() - started
+    metrics.observe(metrics.UPSCALE_SECONDS, seconds, engine=name, resolution=job.resolution)
+    return output

@@ -6,5 +6,6 @@ refunded, disputed) · queueing (RQ ids and enqueueing) · outcomes (claimed, co
 emails and outbox (each email a row first) · delivery (download tokens, the deliverable rule,
 counting) · refunds · recovery (the sweeper). Beside them: state (conditional transitions and the
 timeline), stripe_api, estimates (engine time, plain arithmetic), upsampler_links (signed URLs for
-Upsampler.com) and actions (what the owner may do to a job).
+Upsampler.com), actions (what the owner may do to a job) and metrics (the shop's figures for
+Prometheus, counted where each event happens).
 """

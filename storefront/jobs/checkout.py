@@ -17,6 +17,7 @@ from sqlalchemy import select
 from storefront import funnel, settings, transactions
 from storefront.catalog.pricing import Quote, to_minor_units
 from storefront.extensions import db
+from storefront.jobs import metrics
 from storefront.jobs.offers import offer_for
 from storefront.jobs.state import record_event, transition
 from storefront.jobs.stripe_api import CheckoutUnavailable, retrieve_session, stripe_client
@@ -103,6 +104,7 @@ def create_checkout(
         user_agent=user_agent,
     )
     record_event(job.job_id, "created", f"{resolution} for {offer.quote.price} {job.currency}")
+    metrics.count_on_commit(metrics.CHECKOUTS_STARTED, resolution=resolution)
     transactions.commit()
 
     expires_at = utcnow() + dt.timedelta(minutes=int(config["CHECKOUT_EXPIRY_MINUTES"]))

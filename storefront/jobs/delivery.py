@@ -18,6 +18,7 @@ from werkzeug.http import parse_range_header
 
 from storefront import settings, transactions
 from storefront.extensions import db
+from storefront.jobs import metrics
 from storefront.jobs.queueing import queue_email
 from storefront.jobs.state import record_event, transition
 from storefront.models import DownloadLog, Job, utcnow
@@ -318,6 +319,9 @@ def _counts_more(total: int, added: int, size: int) -> bool:
 
 
 def _log_download(job_id: str, request: DownloadRequest, sent: int, counted: bool) -> None:
+    metrics.count_on_commit(metrics.DOWNLOAD_BYTES, sent)
+    if counted:
+        metrics.count_on_commit(metrics.DOWNLOADS)
     db.session.add(
         DownloadLog(
             job_id=job_id,

@@ -16,7 +16,7 @@ from flask_mail import Message
 from storefront import settings, transactions
 from storefront.extensions import mail
 from storefront.formatting import local_time
-from storefront.jobs import outbox
+from storefront.jobs import metrics, outbox
 from storefront.jobs.delivery import issue_download_token
 from storefront.jobs.state import get_job, record_event, transition
 from storefront.models import Job
@@ -117,15 +117,22 @@ def deliver(kind: str, job_id: str, outbox_id: str = "") -> str:
     spec = KINDS[kind]
     if not spec.to_admin and not job.email:
         record_event(job_id, f"email_{kind}_skipped", "no email address for this order")
+        metrics.count(metrics.EMAILS, kind=kind, outcome="skipped")
         return _done(row, "no address")
     if spec.to_admin and not current_app.config.get("ADMIN_EMAIL"):
+        metrics.count(metrics.EMAILS, kind=kind, outcome="skipped")
         return _done(row, "no admin address")
     message = build_message(kind, job, **context)
     if row is not None:
         # The same outbox row sent again (the worker died after SMTP took it, before the commit)
         # is the same message: one Message-ID for mail clients, and a link that still works.
         message.msgId = _row_message_id(row)
-    send(message)
+    try:
+        send(message)
+    except Exception:
+        metrics.count(metrics.EMAILS, kind=kind, outcome="failed")
+        raise
+    metrics.count(metrics.EMAILS, kind=kind, outcome="sent")
     if kind in ("ready", "link"):
         transition(job_id, ["completed"], email_sent=True)
     recipient = "admin" if spec.to_admin else "buyer"

@@ -13,6 +13,7 @@ from flask import current_app
 from sqlalchemy import and_, or_
 
 from storefront import settings, transactions
+from storefront.jobs import metrics
 from storefront.jobs.delivery import new_token
 from storefront.jobs.queueing import enqueue_upsampler_check, queue_email
 from storefront.jobs.refunds import refund_failed_job
@@ -162,6 +163,7 @@ def complete_job(
         log.warning("job=%s was no longer processing and paid; output discarded", job.job_id)
         return "discarded"
     record_event(job.job_id, "completed", f"{relative.rsplit('/', 1)[-1]}, {size} bytes")
+    metrics.count_on_commit(metrics.PROVIDER_CREDITS, credits_used)
     # The emails are written in this transaction: Redis being down cannot lose them.
     emails = [queue_email("ready", job.job_id)]
     if job.amount_charged is not None and cost > job.amount_charged:

@@ -12,6 +12,7 @@ from sqlalchemy import or_
 
 from storefront import transactions
 from storefront.catalog.pricing import from_minor_units, to_minor_units
+from storefront.jobs import metrics
 from storefront.jobs.queueing import enqueue_email, queue_email
 from storefront.jobs.state import get_job, record_event, transition
 from storefront.jobs.stripe_api import stripe_client
@@ -59,6 +60,7 @@ def apply_refund_total(job: Job, refunded: Decimal, reason: str, actor: str = "s
     if full:
         revoke_download(job.job_id)
     kind = "full" if full else "partial"
+    metrics.count_on_commit(metrics.REFUNDS, kind=kind)
     record_event(
         job.job_id, "refunded", f"{refunded} {job.currency} refunded in all ({kind})", actor
     )

@@ -28,6 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from storefront import funnel, transactions
 from storefront.catalog.pricing import from_minor_units, to_minor_units
 from storefront.extensions import db
+from storefront.jobs import metrics
 from storefront.jobs.queueing import after_payment
 from storefront.jobs.refunds import apply_refund_total, queue_refund_email, revoke_download
 from storefront.jobs.state import get_job, record_event, transition
@@ -174,6 +175,7 @@ def fulfil_checkout_session(session: dict[str, Any]) -> Outcome:
     record_event(
         job.job_id, "paid", f"{job.amount_charged} {job.currency}, session {session.get('id')}"
     )
+    metrics.count_on_commit(metrics.PAYMENTS, resolution=job.resolution)
     job_id = job.job_id
     return Outcome(changed=True, note="paid", after_commit=[lambda: after_payment(job_id)])
 
@@ -340,18 +342,22 @@ def handle_event(event: dict[str, Any]) -> Outcome:
     event_id, event_type = str(event.get("id")), str(event.get("type"))
     handler = EVENT_HANDLERS.get(event_type)
     if handler is None:
+        metrics.count(metrics.WEBHOOK_EVENTS, type=event_type, outcome="processed")
         return Outcome(note=f"ignored {event_type}")
     if db.session.scalar(select(StripeEvent.id).where(StripeEvent.event_id == event_id)):
+        metrics.count(metrics.WEBHOOK_EVENTS, type=event_type, outcome="duplicate")
         return Outcome(note="duplicate event")
     obj = (event.get("data") or {}).get("object") or {}
     try:
         outcome = handler(obj)
         job_id = (obj.get("metadata") or {}).get("job_id")
         db.session.add(StripeEvent(event_id=event_id, type=event_type, job_id=job_id))
+        metrics.count_on_commit(metrics.WEBHOOK_EVENTS, type=event_type, outcome="processed")
         transactions.commit(*outcome.after_commit)
     except IntegrityError:
         # The same event, delivered twice at once: the other delivery committed first.
         transactions.rollback()
+        metrics.count(metrics.WEBHOOK_EVENTS, type=event_type, outcome="duplicate")
         return Outcome(note="duplicate event")
     except Exception:
         transactions.rollback()

@@ -11,6 +11,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy.exc import SQLAlchemyError
 
 from storefront.extensions import csrf
+from storefront.jobs import metrics
 from storefront.jobs.stripe_api import CheckoutUnavailable
 from storefront.jobs.stripe_events import handle_event
 from storefront.jobs.upsampler_links import accept_callback
@@ -39,19 +40,23 @@ def stripe_webhook() -> ResponseReturnValue:
         event = json.loads(payload)
     except (stripe.SignatureVerificationError, UnicodeDecodeError, ValueError):
         log.warning("stripe webhook refused: bad signature or body")
+        metrics.count(metrics.WEBHOOK_EVENTS, type="unverified", outcome="rejected")
         return jsonify(error="invalid signature"), 400
     if not isinstance(event, dict):
+        metrics.count(metrics.WEBHOOK_EVENTS, type="unverified", outcome="rejected")
         return jsonify(error="invalid event"), 400
     try:
         outcome = handle_event(event)
     except SQLAlchemyError:
         log.exception("stripe_event=%s could not be stored; Stripe will retry", event.get("id"))
+        metrics.count(metrics.WEBHOOK_EVENTS, type=str(event.get("type")), outcome="failed")
         return jsonify(error="temporarily unavailable"), 503
     except (stripe.StripeError, CheckoutUnavailable) as exc:
         # Applying it needed a question to Stripe (a refund before its payment): ask again later.
         log.warning(
             "stripe_event=%s needs Stripe, unreachable: %s", event.get("id"), type(exc).__name__
         )
+        metrics.count(metrics.WEBHOOK_EVENTS, type=str(event.get("type")), outcome="failed")
         return jsonify(error="temporarily unavailable"), 503
     return jsonify(received=True, result=outcome.note)
 
