@@ -192,6 +192,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ADMIN_LOGIN_MAX_DELAY_SECONDS", int, 60, 0, 3600, help="longest wait"),
     Setting("ADMIN_LOGIN_LOCK_AFTER", int, 8, 1, 1000, help="failures before a lock"),
     Setting("ADMIN_LOGIN_LOCK_MINUTES", int, 15, 1, 10080, help="length of a lock"),
+    # Operations (D): the system page's alerts to ADMIN_EMAIL
+    Setting("ALERT_QUEUE_MINUTES", int, 30, 1, 1440, help="alert: a paid job waits this long"),
+    Setting("ALERT_WORKER_MINUTES", int, 10, 1, 1440, help="alert: no worker heartbeat this long"),
 )
 SETTINGS_BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
 EDITABLE_NAMES: frozenset[str] = frozenset(s.name for s in SETTINGS if s.editable)

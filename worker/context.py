@@ -33,7 +33,13 @@ def task_context() -> Iterator[Flask]:
     app = task_app()
     with app.app_context():
         settings.refresh(app)
-        yield app
+        try:
+            yield app
+        except Exception as exc:
+            from storefront.maintenance.alerts import note_task_failure
+
+            note_task_failure(app, exc)  # storage or the database down: the alert checker mails
+            raise
 
 
 def use_app(app: Flask | None) -> None:
