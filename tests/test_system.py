@@ -17,6 +17,7 @@ from redis import Redis
 from rq import Queue, SimpleWorker, Worker
 from rq.job import Job as RQJob
 from rq.registry import FailedJobRegistry
+from rq.worker import BaseWorker
 from sqlalchemy import select
 
 from devservers.smtp_sink import SinkHandler, text_of
@@ -45,7 +46,7 @@ def explode(word: str) -> None:
     raise ValueError(f"cannot handle {word}")
 
 
-def _workers(redis_url: str) -> list[Worker]:
+def _workers(redis_url: str) -> list[BaseWorker]:
     connection = Redis.from_url(redis_url)
     try:
         return [w for w in Worker.all(connection=connection) if w.last_heartbeat]

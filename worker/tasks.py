@@ -57,11 +57,13 @@ def sweep() -> str:
             with slot_claimed(redis_connection(app), key, ttl=2 * interval) as claimed:
                 if not claimed:
                     return f"skipped: {key} was taken"
-                summary = run_sweep().summary()
+                try:
+                    summary = run_sweep().summary()
+                finally:
+                    watch_from_worker(app)  # storage and database from here, then the alerts
                 record_sweep(redis_connection(app), summary)
                 return f"swept {key}: {summary}"
         finally:
-            watch_from_worker(app)  # storage and database from here, then the alerts
             if extends_the_chain():
                 schedule_sweep(app.config["REDIS_URL"], interval)
 
