@@ -43,6 +43,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     _register_cli(app)
     _register_template_filters(app)
     error_tracking.install(app)
+    _install_alert_checks(app)
     return app
 
 
@@ -181,3 +182,10 @@ def _register_template_filters(app: Flask) -> None:
     app.add_template_filter(format_bytes, "filesize")
     # Templates read settings in force (with the admin's saved values) as `settings`.
     app.context_processor(lambda: {"settings": settings.current()})
+
+
+def _install_alert_checks(app: Flask) -> None:
+    """Now and then after a response: are the workers still there (storefront/web/alerting.py)."""
+    from storefront.web import alerting
+
+    alerting.install(app)

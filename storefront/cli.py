@@ -204,6 +204,16 @@ def maintenance_command(dry_run: bool) -> None:
         _echo_report(report)
 
 
+@smi.command("check-alerts")
+@with_appcontext
+def check_alerts_command() -> None:
+    """Check every alert condition and mail ADMIN_EMAIL what started or cleared (for cron)."""
+    from storefront.maintenance.alerts import check_alerts
+
+    mailed = check_alerts(current_app._get_current_object())  # type: ignore[attr-defined]
+    click.echo(f"Alerts checked: {', '.join(mailed) if mailed else 'nothing to mail'}.")
+
+
 @smi.group("report")
 def report_group() -> None:
     """Reports."""

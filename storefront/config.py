@@ -200,6 +200,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SENTRY_RELEASE", str, None, help="release of events; default the app's version"),
     # Operable in production (B): structured logs
     Setting("LOG_FORMAT", str.lower, "text", help="text, or json: one JSON object per line"),
+    # Operable in production (D): the system page's alerts to ADMIN_EMAIL
+    Setting("ALERT_QUEUE_MINUTES", int, 30, 1, 1440, help="alert: a paid job waits this long"),
+    Setting("ALERT_WORKER_MINUTES", int, 10, 1, 1440, help="alert: no worker heartbeat this long"),
 )
 SETTINGS_BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
 EDITABLE_NAMES: frozenset[str] = frozenset(s.name for s in SETTINGS if s.editable)

@@ -171,6 +171,7 @@ def test_every_admin_route_is_guarded(app: Flask, admin_user: AdminUser) -> None
                 "attachment_id": 1,
                 "operation": "cleanup",
                 "name": "x.jsonl",
+                "rq_job_id": "upscale-x",
             },
         )
         if "GET" in rule.methods:

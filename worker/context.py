@@ -35,7 +35,13 @@ def task_context(job_id: str | None = None) -> Iterator[Flask]:
     app = task_app()
     with app.app_context(), logs.task_fields(job_id, get_current_job()):
         settings.refresh(app)
-        yield app
+        try:
+            yield app
+        except Exception as exc:
+            from storefront.maintenance.alerts import note_task_failure
+
+            note_task_failure(app, exc)  # storage or the database down: the alert checker mails
+            raise
 
 
 def use_app(app: Flask | None) -> None:

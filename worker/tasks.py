@@ -47,6 +47,8 @@ def sweep() -> str:
     """Run the sweeper once in this slot (a run that finds its slot taken returns at once), then
     schedule the next run if this one came from `python -m worker`'s schedule."""
     from storefront.jobs.recovery import sweep as run_sweep
+    from storefront.maintenance.alerts import watch_from_worker
+    from storefront.maintenance.system import record_sweep
 
     with task_context() as app:
         interval = int(app.config["SWEEP_INTERVAL_SECONDS"])
@@ -55,7 +57,12 @@ def sweep() -> str:
             with slot_claimed(redis_connection(app), key, ttl=2 * interval) as claimed:
                 if not claimed:
                     return f"skipped: {key} was taken"
-                return f"swept {key}: {run_sweep().summary()}"
+                try:
+                    summary = run_sweep().summary()
+                finally:
+                    watch_from_worker(app)  # storage and database from here, then the alerts
+                record_sweep(redis_connection(app), summary)
+                return f"swept {key}: {summary}"
         finally:
             if extends_the_chain():
                 schedule_sweep(app.config["REDIS_URL"], interval)

@@ -1,6 +1,15 @@
-"""The owner's admin area under /admin: sign-in, dashboard, jobs, catalog, settings, maintenance."""
+"""The owner's admin area under /admin: sign-in, dashboard, jobs, catalog, settings, maintenance,
+system."""
 
-from storefront.web.admin import auth, catalog, dashboard, jobs, maintenance, settings  # noqa: F401
+from storefront.web.admin import (  # noqa: F401
+    auth,
+    catalog,
+    dashboard,
+    jobs,
+    maintenance,
+    settings,
+    system,
+)
 from storefront.web.admin.base import bp
 
 __all__ = ["bp"]
