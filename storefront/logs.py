@@ -130,10 +130,11 @@ class RequestIds:
         body = self.wsgi_app(environ, start)
         if hasattr(body, "filelike"):
             return body
-        return ClosingIterator(body, [_clear_context])
+        return ClosingIterator(body, [clear_context])
 
 
-def _clear_context() -> None:
+def clear_context() -> None:
+    """Forget this thread's request id, job id and RQ job id."""
     for _name, variable in _CONTEXT:
         variable.set(None)
 

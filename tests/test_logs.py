@@ -35,6 +35,14 @@ SESSION = "cs_test_" + "Zq9" * 20
 SIGNATURE = "5257a869e7ecebeda32affa62cdca3fa51cad7e77a0e56ff536d0ce8e108d8bd"
 
 
+@pytest.fixture(autouse=True)
+def fresh_log_context() -> Iterator[None]:
+    """Each test starts in a thread whose log context no earlier request or task left set."""
+    logs.clear_context()
+    yield
+    logs.clear_context()
+
+
 @pytest.fixture
 def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
     """Apps (and the workers started like them) of this module log in JSON."""
