@@ -344,31 +344,15 @@ RESUME_OVERLAP_MAX = 16 * 1024 * 1024
 
 def _resumed_overlap(job_id: str, served: Served) -> int:
     """Bytes of the link's last response, broken off, that this one asks for again."""
-    if served.start == 0 or served.length == 0:
+    found = _last_download(job_id, served)
+    if found is None:
         return 0
-    last = db.session.scalar(
-        select(DownloadLog)
-        .where(DownloadLog.job_id == job_id)
-        .order_by(DownloadLog.id.desc())
-        .limit(1)
-    )
-    span = requested_span(last.range_header, served.size) if last is not None else None
-    if last is None or span is None:
-        return 0
-    start, length = span
+    last, (start, length) = found
     written_end = start + last.bytes_sent
     if not (last.bytes_sent < length and start < served.start < written_end):
         return 0
     overlap = min(written_end - served.start, served.length, served.size // 8, RESUME_OVERLAP_MAX)
-    kept = last.bytes_sent - overlap
-    # The row then says what it counts, as a range it was served in full: given back once.
-    changed = db.session.execute(
-        update(DownloadLog)
-        .where(DownloadLog.id == last.id, DownloadLog.bytes_sent == last.bytes_sent)
-        .values(bytes_sent=kept, range_header=f"bytes={start}-{start + kept - 1}")
-        .execution_options(synchronize_session=False)
-    )
-    return overlap if changed.rowcount else 0  # type: ignore[attr-defined]
+    return _give_back(last, start, overlap)
 
 
 def _resumed_hand_off(job_id: str, served: Served) -> int:
@@ -379,8 +363,19 @@ def _resumed_hand_off(job_id: str, served: Served) -> int:
     at 0: a resume cannot itself be resumed for free, so breaking off on purpose gains at most one
     file per download counted.
     """
-    if served.start == 0 or served.length == 0:
+    found = _last_download(job_id, served)
+    if found is None:
         return 0
+    last, (start, _length) = found
+    if start != 0 or not 0 < served.start < last.bytes_sent:
+        return 0
+    return _give_back(last, 0, min(last.bytes_sent - served.start, served.length))
+
+
+def _last_download(job_id: str, served: Served) -> tuple[DownloadLog, tuple[int, int]] | None:
+    """The link's last logged response and its span, when `served` may resume it."""
+    if served.start == 0 or served.length == 0:
+        return None
     last = db.session.scalar(
         select(DownloadLog)
         .where(DownloadLog.job_id == job_id)
@@ -388,14 +383,17 @@ def _resumed_hand_off(job_id: str, served: Served) -> int:
         .limit(1)
     )
     span = requested_span(last.range_header, served.size) if last is not None else None
-    if last is None or span is None or span[0] != 0 or not 0 < served.start < last.bytes_sent:
-        return 0
-    overlap = min(last.bytes_sent - served.start, served.length)
+    return (last, span) if last is not None and span is not None else None
+
+
+def _give_back(last: DownloadLog, start: int, overlap: int) -> int:
+    """Take `overlap` bytes off a logged response; it then says what it counts, as a range it
+    was served in full, so it gives back once (a conditional UPDATE: parallel resumes too)."""
     kept = last.bytes_sent - overlap
     changed = db.session.execute(
         update(DownloadLog)
         .where(DownloadLog.id == last.id, DownloadLog.bytes_sent == last.bytes_sent)
-        .values(bytes_sent=kept, range_header=f"bytes=0-{kept - 1}")
+        .values(bytes_sent=kept, range_header=f"bytes={start}-{start + kept - 1}")
         .execution_options(synchronize_session=False)
     )
     return overlap if changed.rowcount else 0  # type: ignore[attr-defined]

@@ -41,6 +41,10 @@ MISSING = {"404", "NoSuchKey", "NotFound"}
 REFUSED = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"}
 
 
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
 @dataclass(frozen=True)
 class S3Target:
     """Which bucket, under which prefix, at which endpoint, with which credentials."""
@@ -59,7 +63,7 @@ def describe_error(exc: Exception, bucket: str) -> str:
         cause = exc.__cause__ or exc.__context__
         exc = cause if isinstance(cause, ClientError | BotoCoreError) else exc
     if isinstance(exc, ClientError):
-        code = str(exc.response.get("Error", {}).get("Code", ""))
+        code = _code(exc)
         if code == "NoSuchBucket" or (code == "404" and "HeadBucket" in str(exc)):
             return f"bucket {bucket} does not exist"
         if code in REFUSED:
@@ -110,12 +114,17 @@ class S3Storage:
         log.warning("storage %s failed: %s", action, message)
         return StorageError(message)
 
+    def _read_error(self, exc: Exception, key: str, action: str) -> StorageError:
+        if isinstance(exc, ClientError) and _code(exc) in MISSING:
+            return NotInStorage(f"{key} is not in storage")
+        return self._fail(exc, action)
+
     def stat(self, key: str) -> StoredObject | None:
         """The object's size and time from a HEAD request, or None when there is none."""
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=self.object_name(key))
         except ClientError as exc:
-            if str(exc.response.get("Error", {}).get("Code", "")) in MISSING:
+            if _code(exc) in MISSING:
                 return None
             raise self._fail(exc, "stat") from exc
         except BotoCoreError as exc:
@@ -148,12 +157,8 @@ class S3Storage:
                 self.client.download_file(
                     self.bucket, self.object_name(key), str(copy), Config=TRANSFER
                 )
-            except ClientError as exc:
-                if str(exc.response.get("Error", {}).get("Code", "")) in MISSING:
-                    raise NotInStorage(f"{key} is not in storage") from exc
-                raise self._fail(exc, "download") from exc
-            except BotoCoreError as exc:
-                raise self._fail(exc, "download") from exc
+            except (BotoCoreError, ClientError) as exc:
+                raise self._read_error(exc, key, "download") from exc
             yield copy
         finally:
             copy.unlink(missing_ok=True)
@@ -162,12 +167,8 @@ class S3Storage:
         """The object's body, streamed."""
         try:
             found = self.client.get_object(Bucket=self.bucket, Key=self.object_name(key))
-        except ClientError as exc:
-            if str(exc.response.get("Error", {}).get("Code", "")) in MISSING:
-                raise NotInStorage(f"{key} is not in storage") from exc
-            raise self._fail(exc, "read") from exc
-        except BotoCoreError as exc:
-            raise self._fail(exc, "read") from exc
+        except (BotoCoreError, ClientError) as exc:
+            raise self._read_error(exc, key, "read") from exc
         body: BinaryIO = found["Body"]
         return body
 
