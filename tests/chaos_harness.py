@@ -676,6 +676,7 @@ class Chaos:
             self.orders += orders
             self._place_all(orders)
             self._mark(f"{phase}: orders placed")
+            self._until_a_worker_was_killed()
             self._stop_monkey()
             if plan.drain_between_phases:
                 self._wait_for_upscales(orders)
@@ -772,6 +773,15 @@ class Chaos:
         }
         self.monkey = Loop("monkey", 0.05, self._strike, self.errors)
         self.monkey.start()
+
+    def _until_a_worker_was_killed(self, timeout: float = 20.0) -> None:
+        """Keep the monkey on past the orders until it has caught a worker mid-job once: on a
+        busy machine the orders may all be placed before any horse was seen running."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not any(
+            kind.startswith("kill ") for kind in self.faults
+        ):
+            time.sleep(0.1)
 
     def _stop_monkey(self) -> None:
         if self.monkey is not None:

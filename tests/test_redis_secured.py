@@ -19,6 +19,7 @@ from redis import Redis
 from rq.job import Job as RQJob
 
 from storefront import create_app
+from storefront.extensions import db
 from storefront.queues import DEFAULT_QUEUE, get_queue
 from tests.conftest import config_as_environment, wait_for_redis
 
@@ -130,6 +131,8 @@ def secured_app(app_config: dict[str, Any], secured_redis: str) -> Iterator[Flas
     application = create_app(app_config)
     with application.app_context():
         yield application
+        db.session.remove()
+        db.engine.dispose()  # no connection left for the garbage collector (PostgreSQL warns)
 
 
 @pytest.mark.slow
@@ -173,5 +176,7 @@ def test_a_wrong_password_makes_the_app_unready(
     app = create_app(app_config)
     with app.app_context():
         ready = app.test_client().get("/readyz")
+        db.session.remove()
+        db.engine.dispose()
     assert ready.status_code == 503
     assert ready.get_json()["checks"]["redis"].startswith("down:")
