@@ -213,8 +213,11 @@ def upgrade_schema(settings: dict[str, str]) -> None:
         raise RuntimeError(f"flask db upgrade failed:\n{upgrade.stdout}{upgrade.stderr}")
 
 
-def seed_sales(settings: dict[str, str], count: int) -> list[Sale]:
-    """Insert one post, one attachment and `count` jobs awaiting payment, each with a session."""
+def seed_sales(settings: dict[str, str], count: int, first: int = 1) -> list[Sale]:
+    """Insert one post, one attachment and `count` jobs awaiting payment, each with a session.
+
+    Sales are numbered from `first`; only the first batch (`first` 1) needs an empty database.
+    """
     from sqlalchemy import func, insert, select
 
     from storefront import create_app
@@ -223,11 +226,11 @@ def seed_sales(settings: dict[str, str], count: int) -> list[Sale]:
 
     app = create_app(settings)
     with app.app_context():
-        for model in (Job, StripeEvent):
+        for model in (Job, StripeEvent) if first == 1 else ():
             rows = db.session.scalar(select(func.count()).select_from(model))
             if rows:
                 raise SystemExit(f"{model.__tablename__} already has {rows} rows: use an empty db")
-        post = Post(slug="webhook-bench", title="Webhook bench", body="")
+        post = Post(slug=f"webhook-bench-{first}", title="Webhook bench", body="")
         db.session.add(post)
         db.session.flush()
         # The row only; fulfilment never opens the file.
@@ -246,7 +249,7 @@ def seed_sales(settings: dict[str, str], count: int) -> list[Sale]:
         now = utcnow()
         sales = [
             Sale(n, str(uuid.uuid4()), f"cs_bench_{n}", f"buyer{n}@example.com")
-            for n in range(1, count + 1)
+            for n in range(first, first + count)
         ]
         rows_to_insert: list[dict[str, Any]] = [
             {

@@ -48,20 +48,26 @@ def _enqueue_once(
     queue = get_queue(current_app._get_current_object(), queue_name)  # type: ignore[attr-defined]
     try:
         try:
-            existing = RQJob.fetch(rq_id, connection=queue.connection)
-        except NoSuchJobError:
-            existing = None
-        if existing is not None:
-            status = existing.get_status()
-            if status == JobStatus.QUEUED and queue.get_job_position(rq_id) is None:
-                # A worker took it off the queue and died before it marked it started: no one
-                # will ever run it. Queued again; a run that overlaps finds the work claimed.
-                log.warning("rq_job=%s was queued but is in no queue: queued again", rq_id)
-            elif status not in replaceable:
-                log.info("rq_job=%s is already %s", rq_id, status)
-                return False
-            existing.delete()
-        queue.enqueue(func, *args, job_id=rq_id, unique=True, meta=logs.rq_meta(), **options)
+            # Most ids are new: RQ's unique enqueue checks and saves atomically, in one round
+            # trip. Only an id that exists is looked at, and replaced if its state allows.
+            queue.enqueue(func, *args, job_id=rq_id, unique=True, meta=logs.rq_meta(), **options)
+        except DuplicateJobError:
+            try:
+                existing = RQJob.fetch(rq_id, connection=queue.connection)
+            except NoSuchJobError:
+                existing = None  # it expired or was deleted just now
+            if existing is not None:
+                status = existing.get_status()
+                if status == JobStatus.QUEUED and queue.get_job_position(rq_id) is None:
+                    # A worker took it off the queue and died before it marked it started: no
+                    # one will ever run it. Queued again; a run that overlaps finds the work
+                    # claimed.
+                    log.warning("rq_job=%s was queued but is in no queue: queued again", rq_id)
+                elif status not in replaceable:
+                    log.info("rq_job=%s is already %s", rq_id, status)
+                    return False
+                existing.delete()
+            queue.enqueue(func, *args, job_id=rq_id, unique=True, meta=logs.rq_meta(), **options)
     except DuplicateJobError:
         log.info("rq_job=%s was queued by someone else just now", rq_id)
         return False
@@ -192,7 +198,13 @@ def enqueue_upsampler_check(job_id: str, *, delay_seconds: int = 0, attempt: int
     return True
 
 
+def queue_after_payment(job_id: str) -> list[AfterCommit]:
+    """In the payment's transaction: write the "payment received" email into the outbox; return
+    the after-commit actions that queue the upscale and hand the email to RQ."""
+    handover = queue_email("paid", job_id)
+    return [lambda: enqueue_processing(job_id), handover]
+
+
 def after_payment(job_id: str) -> None:
     """Once a payment is committed: queue the upscale and the "payment received" email."""
-    enqueue_processing(job_id)
-    enqueue_email("paid", job_id)
+    transactions.commit(*queue_after_payment(job_id))
