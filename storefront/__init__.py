@@ -56,6 +56,7 @@ def _configure_logging(app: Flask) -> None:
 
 
 def _init_extensions(app: Flask) -> None:
+    from storefront.catalog import library
     from storefront.extensions import csrf, db, mail, migrate
 
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
@@ -67,6 +68,7 @@ def _init_extensions(app: Flask) -> None:
         with app.app_context():
             event.listen(db.engine, "connect", _sqlite_pragmas)
     migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"))
+    library.track_changes()
     mail.init_app(app)
     csrf.init_app(app)
     _init_limiter(app)

@@ -8,18 +8,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyvips
-from flask import Flask
-from sqlalchemy import select
-from sqlalchemy.orm import selectinload
+from flask import Flask, current_app, has_app_context
+from sqlalchemy import event, select
+from sqlalchemy.orm import Session, joinedload, selectinload
 
 from storefront import transactions
 from storefront.extensions import db
 from storefront.images import displayed_size
 from storefront.models import Attachment, Post
+from storefront.queues import bump_version, versions
 from storefront.storage import StoredObject, backend, safe_filename, temporary_path
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo" / "images"
 PREVIEW_SIZES = {"thumb": 480, "large": 1200}
+PAGE_CACHE_SIZE = 10_000  # images per app; the cache starts again when it is full
+CHANGED = "smi_catalog_changed"  # Session.info: this transaction changed a post or an image
 MIME_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 
 
@@ -192,6 +195,93 @@ def slugify(text: str) -> str:
 
 # The largest id a BIGINT holds: a longer number in a URL or a form is simply not found.
 MAX_ID = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class PostLink:
+    """What an image page says of its post."""
+
+    id: int
+    slug: str
+    title: str
+
+
+@dataclass(frozen=True)
+class CatalogImage:
+    """What an image page shows of an image: a copy, kept until the catalog changes."""
+
+    id: int
+    post_id: int
+    title: str
+    original_filename: str
+    alt_text: str
+    width: int
+    height: int
+    for_sale: bool
+    post: PostLink
+
+
+def image_for_page(app: Flask, attachment_id: int) -> CatalogImage | None:
+    """The image an image page shows (None if there is none), read once per catalog version.
+
+    Every commit that changes a post or an image bumps the version (`track_changes`), which each
+    request reads from Redis: a change is seen at once by every process. Without Redis, the
+    database is read each time.
+    """
+    found = versions(app)
+    if found is None:
+        return _read_image(attachment_id)
+    version, cache = app.extensions.get("smi_image_pages", (None, {}))
+    if version != found["catalog"] or len(cache) >= PAGE_CACHE_SIZE:
+        cache = {}
+        app.extensions["smi_image_pages"] = (found["catalog"], cache)
+    if attachment_id not in cache:
+        cache[attachment_id] = _read_image(attachment_id)
+    image: CatalogImage | None = cache[attachment_id]
+    return image
+
+
+def _read_image(attachment_id: int) -> CatalogImage | None:
+    attachment = db.session.get(Attachment, attachment_id, options=[joinedload(Attachment.post)])
+    if attachment is None:
+        return None
+    post = attachment.post
+    return CatalogImage(
+        id=attachment.id,
+        post_id=attachment.post_id,
+        title=attachment.title,
+        original_filename=attachment.original_filename,
+        alt_text=attachment.alt_text,
+        width=attachment.width,
+        height=attachment.height,
+        for_sale=attachment.for_sale,
+        post=PostLink(post.id, post.slug, post.title),
+    )
+
+
+def track_changes() -> None:
+    """Bump the catalog version after every commit that added, changed or removed a post or an
+    image, so that the image pages' copies are read again (called by the app factory)."""
+    if not event.contains(Session, "after_flush", _note_catalog_flush):
+        event.listen(Session, "after_flush", _note_catalog_flush)
+        event.listen(Session, "after_commit", _bump_after_commit)
+        event.listen(Session, "after_rollback", _forget_changes)
+
+
+def _note_catalog_flush(session: Session, _context: object) -> None:
+    # Still the flush's own lists here: what it wrote.
+    changed = (*session.new, *session.dirty, *session.deleted)
+    if any(isinstance(row, Post | Attachment) for row in changed):
+        session.info[CHANGED] = True
+
+
+def _bump_after_commit(session: Session) -> None:
+    if session.info.pop(CHANGED, False) and has_app_context():
+        bump_version(current_app._get_current_object(), "catalog")  # type: ignore[attr-defined]
+
+
+def _forget_changes(session: Session) -> None:
+    session.info.pop(CHANGED, None)
 
 
 def posts_with_images() -> list[Post]:
