@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyvips
@@ -221,31 +221,87 @@ class CatalogImage:
     post: PostLink
 
 
-def image_for_page(app: Flask, attachment_id: int) -> CatalogImage | None:
-    """The image an image page shows (None if there is none), read once per catalog version.
+@dataclass(frozen=True)
+class CatalogPost:
+    """What the catalog and a post's page show of a post: a copy, kept until the catalog changes."""
+
+    id: int
+    slug: str
+    title: str
+    body: str
+    attachments: tuple[CatalogImage, ...]
+
+
+@dataclass
+class _PageCopies:
+    """One process's copies of the catalog, as of one catalog version."""
+
+    version: int
+    images: dict[int, CatalogImage | None] = field(default_factory=dict)
+    posts: list[CatalogPost] | None = None
+
+
+def _copies(app: Flask) -> _PageCopies | None:
+    """This app's copies for the catalog version in force (emptied when it changed), or None
+    while Redis is unreachable (then the pages read the database each time).
 
     Every commit that changes a post or an image bumps the version (`track_changes`), which each
-    request reads from Redis: a change is seen at once by every process. Without Redis, the
-    database is read each time.
+    request reads from Redis once: a change is seen at once by every process.
     """
     found = versions(app)
     if found is None:
+        return None
+    copies: _PageCopies | None = app.extensions.get("smi_page_copies")
+    if copies is None or copies.version != found["catalog"] or len(copies.images) > PAGE_CACHE_SIZE:
+        copies = app.extensions["smi_page_copies"] = _PageCopies(found["catalog"])
+    return copies
+
+
+def image_for_page(app: Flask, attachment_id: int) -> CatalogImage | None:
+    """The image an image page shows (None if there is none), read once per catalog version."""
+    copies = _copies(app)
+    if copies is None:
         return _read_image(attachment_id)
-    version, cache = app.extensions.get("smi_image_pages", (None, {}))
-    if version != found["catalog"] or len(cache) >= PAGE_CACHE_SIZE:
-        cache = {}
-        app.extensions["smi_image_pages"] = (found["catalog"], cache)
-    if attachment_id not in cache:
-        cache[attachment_id] = _read_image(attachment_id)
-    image: CatalogImage | None = cache[attachment_id]
-    return image
+    if attachment_id not in copies.images:
+        copies.images[attachment_id] = _read_image(attachment_id)
+    return copies.images[attachment_id]
+
+
+def catalog_posts(app: Flask) -> list[CatalogPost]:
+    """Every post with its images, oldest first, as the catalog shows them (read once per
+    catalog version)."""
+    copies = _copies(app)
+    if copies is None:
+        return _read_posts()
+    if copies.posts is None:
+        copies.posts = _read_posts()
+    return copies.posts
+
+
+def catalog_post(app: Flask, slug: str) -> CatalogPost | None:
+    """The post at this address, as its page shows it."""
+    return next((post for post in catalog_posts(app) if post.slug == slug), None)
+
+
+def _read_posts() -> list[CatalogPost]:
+    return [
+        CatalogPost(
+            post.id,
+            post.slug,
+            post.title,
+            post.body,
+            tuple(_image_copy(attachment, post) for attachment in post.attachments),
+        )
+        for post in posts_with_images()
+    ]
 
 
 def _read_image(attachment_id: int) -> CatalogImage | None:
     attachment = db.session.get(Attachment, attachment_id, options=[joinedload(Attachment.post)])
-    if attachment is None:
-        return None
-    post = attachment.post
+    return None if attachment is None else _image_copy(attachment, attachment.post)
+
+
+def _image_copy(attachment: Attachment, post: Post) -> CatalogImage:
     return CatalogImage(
         id=attachment.id,
         post_id=attachment.post_id,
@@ -289,11 +345,6 @@ def posts_with_images() -> list[Post]:
     return list(
         db.session.scalars(select(Post).options(selectinload(Post.attachments)).order_by(Post.id))
     )
-
-
-def post_by_slug(slug: str) -> Post | None:
-    """The post at this address."""
-    return db.session.scalar(select(Post).where(Post.slug == slug))
 
 
 def find_attachment(raw_id: str) -> Attachment | None:

@@ -10,10 +10,10 @@ from storefront.catalog.library import (
     MAX_ID,
     PREVIEW_SIZES,
     CatalogImage,
+    catalog_post,
+    catalog_posts,
     ensure_preview,
     image_for_page,
-    post_by_slug,
-    posts_with_images,
 )
 from storefront.extensions import db
 from storefront.jobs.offers import ENGINE_LABELS, image_offers
@@ -28,13 +28,14 @@ bp = Blueprint("shop", __name__)
 @bp.get("/")
 def index() -> ResponseReturnValue:
     """The catalog: every post with its images."""
-    return render_template("shop/index.html", posts=posts_with_images())
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    return render_template("shop/index.html", posts=catalog_posts(app))
 
 
 @bp.get("/posts/<slug>")
 def post(slug: str) -> ResponseReturnValue:
     """One post with its images."""
-    found = post_by_slug(slug)
+    found = catalog_post(current_app._get_current_object(), slug)  # type: ignore[attr-defined]
     if found is None:
         abort(404)
     return render_template("shop/post.html", post=found)
