@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 import time
+from contextvars import ContextVar
 
-from flask import Flask, g, has_request_context
+from flask import Flask
 from redis import Redis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
@@ -44,13 +45,29 @@ def get_queue(app: Flask, name: str) -> Queue:
 # web or RQ worker is seen by the next request in any other.
 VERSION_NAMES = ("settings", "catalog")
 VERSION_KEY = "smi:version:{}"
+# Set by the web app for the length of a request (`pin_versions`): the counters read at its first
+# use, so that one request reads Redis once, however many caches it consults.
+_pinned: ContextVar[dict[str, dict[str, int] | None] | None] = ContextVar(
+    "smi_versions", default=None
+)
+
+
+def pin_versions() -> None:
+    """From now until `unpin_versions`, read the counters once (the web app, per request)."""
+    _pinned.set({})
+
+
+def unpin_versions(_error: BaseException | None = None) -> None:
+    """Read the counters afresh at each use again."""
+    _pinned.set(None)
 
 
 def versions(app: Flask) -> dict[str, int] | None:
-    """The version counters now (read once per request), or None while Redis is unreachable."""
-    if has_request_context() and "smi_versions" in g:
-        found: dict[str, int] | None = g.smi_versions
-        return found
+    """The version counters now (once per request), or None while Redis is unreachable."""
+    pinned = _pinned.get()
+    if pinned is not None and "versions" in pinned:
+        return pinned["versions"]
+    found: dict[str, int] | None
     down_until = app.extensions.get("smi_versions_down_until", 0.0)
     try:
         if time.monotonic() < down_until:
@@ -63,8 +80,8 @@ def versions(app: Flask) -> dict[str, int] | None:
         found = None
     else:
         found = {name: int(value or 0) for name, value in zip(VERSION_NAMES, raw, strict=True)}
-    if has_request_context():
-        g.smi_versions = found
+    if pinned is not None:
+        pinned["versions"] = found
     return found
 
 
