@@ -56,6 +56,7 @@ def _configure_logging(app: Flask) -> None:
 
 
 def _init_extensions(app: Flask) -> None:
+    from storefront.catalog import library
     from storefront.extensions import csrf, db, mail, migrate
 
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
@@ -67,6 +68,7 @@ def _init_extensions(app: Flask) -> None:
         with app.app_context():
             event.listen(db.engine, "connect", _sqlite_pragmas)
     migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"))
+    library.track_changes()
     mail.init_app(app)
     csrf.init_app(app)
     _init_limiter(app)
@@ -175,13 +177,16 @@ def _register_cli(app: Flask) -> None:
 
 
 def _register_template_filters(app: Flask) -> None:
-    from storefront import settings
+    from storefront import queues, settings
     from storefront.formatting import format_bytes, format_money
 
     app.add_template_filter(format_money, "money")
     app.add_template_filter(format_bytes, "filesize")
     # Templates read settings in force (with the admin's saved values) as `settings`.
     app.context_processor(lambda: {"settings": settings.current()})
+    # The caches of settings and of the catalog ask Redis for their versions once per request.
+    app.before_request(queues.pin_versions)
+    app.teardown_request(queues.unpin_versions)
 
 
 def _install_alert_checks(app: Flask) -> None:

@@ -48,10 +48,13 @@ def _job_or_fail(job_id: str) -> Job:
 @with_appcontext
 def sweep_command() -> None:
     """Put stuck jobs back on their way (the scheduler also runs this every few minutes)."""
+    from storefront.funnel import fold_buffered_views
     from storefront.jobs.recovery import sweep
+    from storefront.queues import redis_connection
 
     report = sweep()
-    click.echo(f"Sweep done: {report.summary()}.")
+    views = fold_buffered_views(redis_connection(current_app._get_current_object()))  # type: ignore[attr-defined]
+    click.echo(f"Sweep done: {report.summary()}, image views folded {views}.")
 
 
 @smi.command("requeue")

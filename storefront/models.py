@@ -217,13 +217,18 @@ class FunnelEvent(db.Model):  # type: ignore[name-defined]
     """A step of the buyer's funnel: an image viewed, a checkout started, a payment."""
 
     __tablename__ = "funnel_events"
-    __table_args__ = (Index("ix_funnel_events_kind_created_at", "kind", "created_at"),)
+    __table_args__ = (
+        Index("ix_funnel_events_kind_created_at", "kind", "created_at"),
+        Index("ix_funnel_events_buffer_id", "buffer_id", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     kind: Mapped[str] = mapped_column(String(30))
     post_id: Mapped[int | None] = mapped_column(BigInteger)
     attachment_id: Mapped[int | None] = mapped_column(BigInteger)
     job_id: Mapped[str | None] = mapped_column(String(255))
+    # An image view buffered in Redis keeps its id here, so that it is folded in once only.
+    buffer_id: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 

@@ -1,12 +1,20 @@
-"""Redis and the RQ queues: `upscale` holds upscaling only, `default` everything else."""
+"""Redis and the RQ queues (`upscale` holds upscaling only, `default` everything else), and the
+version counters that tell every process when what it caches changed."""
 
 from __future__ import annotations
+
+import logging
+import time
+from contextvars import ContextVar
 
 from flask import Flask
 from redis import Redis
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
 from redis.retry import Retry
 from rq import Queue
+
+log = logging.getLogger("smi.queues")
 
 UPSCALE_QUEUE = "upscale"
 DEFAULT_QUEUE = "default"
@@ -30,3 +38,57 @@ def redis_connection(app: Flask) -> Redis:
 def get_queue(app: Flask, name: str) -> Queue:
     """The RQ queue called `name` on the app's Redis."""
     return Queue(name, connection=redis_connection(app))
+
+
+# Version counters of what processes cache (settings, the catalog): a change bumps its counter
+# after its commit, and every process reads the counters once per request, so that a save in one
+# web or RQ worker is seen by the next request in any other.
+VERSION_NAMES = ("settings", "catalog")
+VERSION_KEY = "smi:version:{}"
+# Set by the web app for the length of a request (`pin_versions`): the counters read at its first
+# use, so that one request reads Redis once, however many caches it consults.
+_pinned: ContextVar[dict[str, dict[str, int] | None] | None] = ContextVar(
+    "smi_versions", default=None
+)
+
+
+def pin_versions() -> None:
+    """From now until `unpin_versions`, read the counters once (the web app, per request)."""
+    _pinned.set({})
+
+
+def unpin_versions(_error: BaseException | None = None) -> None:
+    """Read the counters afresh at each use again."""
+    _pinned.set(None)
+
+
+def versions(app: Flask) -> dict[str, int] | None:
+    """The version counters now (once per request), or None while Redis is unreachable."""
+    pinned = _pinned.get()
+    if pinned is not None and "versions" in pinned:
+        return pinned["versions"]
+    found: dict[str, int] | None
+    down_until = app.extensions.get("smi_versions_down_until", 0.0)
+    try:
+        if time.monotonic() < down_until:
+            raise RedisError("unreachable a moment ago")
+        raw = redis_connection(app).mget([VERSION_KEY.format(name) for name in VERSION_NAMES])
+    except RedisError:
+        # Try again in a second, not on every request: each try may wait for a timeout.
+        if time.monotonic() >= down_until:
+            app.extensions["smi_versions_down_until"] = time.monotonic() + 1.0
+        found = None
+    else:
+        found = {name: int(value or 0) for name, value in zip(VERSION_NAMES, raw, strict=True)}
+    if pinned is not None:
+        pinned["versions"] = found
+    return found
+
+
+def bump_version(app: Flask, name: str) -> None:
+    """Tell every process that what `name` counts changed (after the commit that changed it)."""
+    try:
+        redis_connection(app).incr(VERSION_KEY.format(name))
+    except RedisError:
+        # The caches then see the change at their next time-based check of the database.
+        log.warning("could not bump the %s version in Redis: other processes see it later", name)

@@ -2,10 +2,13 @@
 in `app_settings` laid over the editable ones.
 
 Web requests, tasks and commands all read settings here (`get(name)`, or `current()` where a
-mapping is wanted). The saved values are cached per app for `CACHE_SECONDS`: a save in this
-process clears the cache at once, other processes (more web workers, RQ workers) see it within
-that time, and a task checks at its start (`refresh()`). `app.config` itself never changes once
-the factory has returned.
+mapping is wanted). The saved values are cached per app: a save in this process clears the cache
+at once and bumps the `settings` version in Redis, which every process reads once per request
+(`queues.versions`), so that other processes (more web workers, RQ workers) see it at their next
+request, without a database query while nothing changed. Without Redis they look at the table at
+most every `CACHE_SECONDS`, and a task checks at its start (`refresh()`). `generation()` numbers
+the saved values, for caches of what is computed from them (an image's offers). `app.config`
+itself never changes once the factory has returned.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from storefront.config import EDITABLE_NAMES, SETTINGS_BY_NAME, ConfigError, parse_setting
 from storefront.extensions import db
 from storefront.models import AppSetting
+from storefront.queues import bump_version, versions
 
 log = logging.getLogger("smi.settings")
 
@@ -37,6 +41,8 @@ class _Saved:
     values: dict[str, Any] = field(default_factory=dict)
     signature: tuple[Any, ...] | None = None
     checked_at: float = float("-inf")
+    version: int | None = None
+    generation: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     warned: bool = False
 
@@ -72,9 +78,19 @@ def current(app: Flask | None = None) -> Settings:
     """Every setting in force now, as a mapping."""
     app = _app(app)
     saved = _saved(app)
-    if time.monotonic() - saved.checked_at > CACHE_SECONDS:
+    found = versions(app)
+    version = None if found is None else found["settings"]
+    if version is not None and version != saved.version:
+        _reload_if_changed(app, saved)
+        saved.version = version
+    elif time.monotonic() - saved.checked_at > CACHE_SECONDS:
         _reload_if_changed(app, saved)
     return Settings(app.config, saved.values)
+
+
+def generation(app: Flask | None = None) -> int:
+    """A number that changes whenever the saved values in force change (read `current()` first)."""
+    return _saved(_app(app)).generation
 
 
 def get(name: str, app: Flask | None = None) -> Any:
@@ -96,11 +112,14 @@ def refresh(app: Flask | None = None) -> bool:
 
 
 def invalidate(app: Flask | None = None) -> None:
-    """Forget the cached values: the next read looks at the table (after a save)."""
-    saved = _saved(_app(app))
+    """Forget the cached values: the next read looks at the table (after a save), here and, with
+    the version bumped, in every other process."""
+    app = _app(app)
+    saved = _saved(app)
     with saved.lock:
         saved.checked_at = float("-inf")
         saved.signature = None
+    bump_version(app, "settings")
 
 
 def _reload_if_changed(app: Flask, saved: _Saved) -> bool:
@@ -130,6 +149,7 @@ def _reload_if_changed(app: Flask, saved: _Saved) -> bool:
             return False
         saved.values = _parsed(rows)
         saved.signature = signature
+        saved.generation += 1
     return True
 
 

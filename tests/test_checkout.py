@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from devservers.stripe_local import LocalStripe
-from storefront import create_app
+from storefront import create_app, funnel
 from storefront.extensions import db
 from storefront.models import FunnelEvent, Job
+from storefront.queues import redis_connection
 from tests.factories import make_attachment
 
 BROWSER = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/130.0"}
@@ -211,6 +212,9 @@ def test_image_page_view_is_counted_for_people_not_bots(app: Flask, client: Flas
     client.get(f"/images/{attachment.id}", headers=BROWSER)
     client.get(f"/images/{attachment.id}", headers={"User-Agent": "Googlebot/2.1"})
     client.get(f"/images/{attachment.id}", headers={"User-Agent": ""})
+    # Buffered in Redis by the page view, written by the sweeper (tests/test_page_caches.py).
+    assert db.session.scalars(select(FunnelEvent)).all() == []
+    assert funnel.fold_buffered_views(redis_connection(app)) == 1
     events = db.session.scalars(select(FunnelEvent)).all()
     assert [(e.kind, e.attachment_id, e.post_id) for e in events] == [
         ("image_viewed", attachment.id, attachment.post_id)

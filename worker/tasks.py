@@ -46,6 +46,7 @@ def check_upsampler(job_id: str, attempt: str = "0") -> str:
 def sweep() -> str:
     """Run the sweeper once in this slot (a run that finds its slot taken returns at once), then
     schedule the next run if this one came from `python -m worker`'s schedule."""
+    from storefront.funnel import fold_buffered_views
     from storefront.jobs.recovery import sweep as run_sweep
     from storefront.maintenance.alerts import watch_from_worker
     from storefront.maintenance.system import record_sweep
@@ -59,6 +60,8 @@ def sweep() -> str:
                     return f"skipped: {key} was taken"
                 try:
                     summary = run_sweep().summary()
+                    views = fold_buffered_views(redis_connection(app))
+                    summary += f", image views folded {views}"
                 finally:
                     watch_from_worker(app)  # storage and database from here, then the alerts
                 record_sweep(redis_connection(app), summary)

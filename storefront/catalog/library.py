@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyvips
-from flask import Flask
-from sqlalchemy import select
-from sqlalchemy.orm import selectinload
+from flask import Flask, current_app, has_app_context
+from sqlalchemy import event, select
+from sqlalchemy.orm import Session, joinedload, selectinload
 
 from storefront import transactions
 from storefront.extensions import db
 from storefront.images import displayed_size
 from storefront.models import Attachment, Post
+from storefront.queues import bump_version, versions
 from storefront.storage import StoredObject, backend, safe_filename, temporary_path
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo" / "images"
 PREVIEW_SIZES = {"thumb": 480, "large": 1200}
+PAGE_CACHE_SIZE = 10_000  # images per app; the cache starts again when it is full
+CHANGED = "smi_catalog_changed"  # Session.info: this transaction changed a post or an image
 MIME_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 
 
@@ -194,16 +197,154 @@ def slugify(text: str) -> str:
 MAX_ID = 2**63 - 1
 
 
+@dataclass(frozen=True)
+class PostLink:
+    """What an image page says of its post."""
+
+    id: int
+    slug: str
+    title: str
+
+
+@dataclass(frozen=True)
+class CatalogImage:
+    """What an image page shows of an image: a copy, kept until the catalog changes."""
+
+    id: int
+    post_id: int
+    title: str
+    original_filename: str
+    alt_text: str
+    width: int
+    height: int
+    for_sale: bool
+    post: PostLink
+
+
+@dataclass(frozen=True)
+class CatalogPost:
+    """What the catalog and a post's page show of a post: a copy, kept until the catalog changes."""
+
+    id: int
+    slug: str
+    title: str
+    body: str
+    attachments: tuple[CatalogImage, ...]
+
+
+@dataclass
+class _PageCopies:
+    """One process's copies of the catalog, as of one catalog version."""
+
+    version: int
+    images: dict[int, CatalogImage | None] = field(default_factory=dict)
+    posts: list[CatalogPost] | None = None
+
+
+def _copies(app: Flask) -> _PageCopies | None:
+    """This app's copies for the catalog version in force (emptied when it changed), or None
+    while Redis is unreachable (then the pages read the database each time).
+
+    Every commit that changes a post or an image bumps the version (`track_changes`), which each
+    request reads from Redis once: a change is seen at once by every process.
+    """
+    found = versions(app)
+    if found is None:
+        return None
+    copies: _PageCopies | None = app.extensions.get("smi_page_copies")
+    if copies is None or copies.version != found["catalog"] or len(copies.images) > PAGE_CACHE_SIZE:
+        copies = app.extensions["smi_page_copies"] = _PageCopies(found["catalog"])
+    return copies
+
+
+def image_for_page(app: Flask, attachment_id: int) -> CatalogImage | None:
+    """The image an image page shows (None if there is none), read once per catalog version."""
+    copies = _copies(app)
+    if copies is None:
+        return _read_image(attachment_id)
+    if attachment_id not in copies.images:
+        copies.images[attachment_id] = _read_image(attachment_id)
+    return copies.images[attachment_id]
+
+
+def catalog_posts(app: Flask) -> list[CatalogPost]:
+    """Every post with its images, oldest first, as the catalog shows them (read once per
+    catalog version)."""
+    copies = _copies(app)
+    if copies is None:
+        return _read_posts()
+    if copies.posts is None:
+        copies.posts = _read_posts()
+    return copies.posts
+
+
+def catalog_post(app: Flask, slug: str) -> CatalogPost | None:
+    """The post at this address, as its page shows it."""
+    return next((post for post in catalog_posts(app) if post.slug == slug), None)
+
+
+def _read_posts() -> list[CatalogPost]:
+    return [
+        CatalogPost(
+            post.id,
+            post.slug,
+            post.title,
+            post.body,
+            tuple(_image_copy(attachment, post) for attachment in post.attachments),
+        )
+        for post in posts_with_images()
+    ]
+
+
+def _read_image(attachment_id: int) -> CatalogImage | None:
+    attachment = db.session.get(Attachment, attachment_id, options=[joinedload(Attachment.post)])
+    return None if attachment is None else _image_copy(attachment, attachment.post)
+
+
+def _image_copy(attachment: Attachment, post: Post) -> CatalogImage:
+    return CatalogImage(
+        id=attachment.id,
+        post_id=attachment.post_id,
+        title=attachment.title,
+        original_filename=attachment.original_filename,
+        alt_text=attachment.alt_text,
+        width=attachment.width,
+        height=attachment.height,
+        for_sale=attachment.for_sale,
+        post=PostLink(post.id, post.slug, post.title),
+    )
+
+
+def track_changes() -> None:
+    """Bump the catalog version after every commit that added, changed or removed a post or an
+    image, so that the image pages' copies are read again (called by the app factory)."""
+    if not event.contains(Session, "after_flush", _note_catalog_flush):
+        event.listen(Session, "after_flush", _note_catalog_flush)
+        event.listen(Session, "after_commit", _bump_after_commit)
+        event.listen(Session, "after_rollback", _forget_changes)
+
+
+def _note_catalog_flush(session: Session, _context: object) -> None:
+    # Still the flush's own lists here: what it wrote.
+    changed = (*session.new, *session.dirty, *session.deleted)
+    if any(isinstance(row, Post | Attachment) for row in changed):
+        session.info[CHANGED] = True
+
+
+def _bump_after_commit(session: Session) -> None:
+    if session.info.pop(CHANGED, False) and has_app_context():
+        bump_version(current_app._get_current_object(), "catalog")  # type: ignore[attr-defined]
+
+
+def _forget_changes(session: Session) -> None:
+    session.info.pop(CHANGED, None)
+
+
 def posts_with_images() -> list[Post]:
     """Every post with its images, oldest first."""
     return list(
         db.session.scalars(select(Post).options(selectinload(Post.attachments)).order_by(Post.id))
     )
-
-
-def post_by_slug(slug: str) -> Post | None:
-    """The post at this address."""
-    return db.session.scalar(select(Post).where(Post.slug == slug))
 
 
 def find_attachment(raw_id: str) -> Attachment | None:

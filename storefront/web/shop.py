@@ -9,13 +9,16 @@ from storefront import funnel
 from storefront.catalog.library import (
     MAX_ID,
     PREVIEW_SIZES,
+    CatalogImage,
+    catalog_post,
+    catalog_posts,
     ensure_preview,
-    post_by_slug,
-    posts_with_images,
+    image_for_page,
 )
 from storefront.extensions import db
 from storefront.jobs.offers import ENGINE_LABELS, image_offers
 from storefront.models import Attachment
+from storefront.queues import redis_connection
 from storefront.web.forms import CheckoutForm
 from storefront.web.stored_files import send_stored
 
@@ -25,20 +28,21 @@ bp = Blueprint("shop", __name__)
 @bp.get("/")
 def index() -> ResponseReturnValue:
     """The catalog: every post with its images."""
-    return render_template("shop/index.html", posts=posts_with_images())
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    return render_template("shop/index.html", posts=catalog_posts(app))
 
 
 @bp.get("/posts/<slug>")
 def post(slug: str) -> ResponseReturnValue:
     """One post with its images."""
-    found = post_by_slug(slug)
+    found = catalog_post(current_app._get_current_object(), slug)  # type: ignore[attr-defined]
     if found is None:
         abort(404)
     return render_template("shop/post.html", post=found)
 
 
 def render_image_page(
-    attachment: Attachment,
+    attachment: Attachment | CatalogImage,
     form: CheckoutForm | None = None,
     status: int = 200,
     cancelled: bool = False,
@@ -64,9 +68,17 @@ def render_image_page(
 @bp.get(f"/images/<int(max={MAX_ID}):attachment_id>")
 def image(attachment_id: int) -> ResponseReturnValue:
     """One image with each resolution's size and price, and the Buy form."""
-    attachment = db.get_or_404(Attachment, attachment_id)
-    funnel.record_image_view(attachment, request.headers.get("User-Agent", ""))
-    return render_image_page(attachment, cancelled=request.args.get("cancelled") == "1")
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    image = image_for_page(app, attachment_id)
+    if image is None:
+        abort(404)
+    funnel.record_image_view(
+        redis_connection(app),
+        attachment_id=image.id,
+        post_id=image.post_id,
+        user_agent=request.headers.get("User-Agent", ""),
+    )
+    return render_image_page(image, cancelled=request.args.get("cancelled") == "1")
 
 
 @bp.get(f"/images/<int(max={MAX_ID}):attachment_id>/preview/<size>.jpg")

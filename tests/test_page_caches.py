@@ -1,0 +1,212 @@
+"""The buyer's pages without a database write or a settings query per view: image views buffered
+in Redis and folded in exactly once, and copies of settings and the catalog that every process
+drops as soon as another one saves a change."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+from redis import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import func, select
+
+from storefront import create_app, funnel, settings, transactions
+from storefront.catalog.editing import update_image
+from storefront.extensions import db
+from storefront.models import Attachment, FunnelEvent
+from storefront.queues import redis_connection
+from storefront.reports.dashboard import DateRange, funnel_steps
+from storefront.settings_editor import update_settings
+from tests.factories import make_attachment
+
+BROWSER = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+ROBOT = "Googlebot/2.1 (+http://www.google.com/bot.html)"
+
+
+def _view(app: Flask, attachment: Attachment, user_agent: str = BROWSER) -> str:
+    response = app.test_client().get(f"/images/{attachment.id}", headers={"User-Agent": user_agent})
+    assert response.status_code == 200
+    return response.get_data(as_text=True)
+
+
+def _rows() -> int:
+    db.session.rollback()  # see what other sessions committed
+    return int(db.session.scalar(select(func.count()).select_from(FunnelEvent)) or 0)
+
+
+def _dashboard_views() -> int:
+    today = DateRange.last_days(1)
+    return funnel_steps(today.since, today.until)[0].count
+
+
+@pytest.fixture
+def image(app: Flask) -> Attachment:
+    """An image for sale, committed."""
+    attachment = make_attachment(app, title="Lighthouse", width=400, height=300)
+    db.session.commit()
+    return attachment
+
+
+@pytest.fixture
+def other_process(app_config: dict[str, Any]) -> Iterator[Flask]:
+    """A second app on the same database and Redis: another gunicorn or RQ worker."""
+    other = create_app(app_config)
+    yield other
+    with other.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
+def test_a_view_is_buffered_and_the_dashboard_counts_it_exactly(
+    app: Flask, image: Attachment
+) -> None:
+    db.session.add(FunnelEvent(kind=funnel.IMAGE_VIEWED))  # a view folded earlier
+    db.session.commit()
+    for _ in range(3):
+        _view(app, image)
+    _view(app, image, ROBOT)
+    redis = redis_connection(app)
+    assert _rows() == 1  # no row written by a page view
+    assert redis.llen(funnel.BUFFER_KEY) == 3  # the robot is not counted
+    assert _dashboard_views() == 4
+
+    assert funnel.fold_buffered_views(redis) == 3
+    assert redis.llen(funnel.BUFFER_KEY) == 0 and not redis.exists(funnel.FOLDING_KEY)
+    folded = db.session.scalars(select(FunnelEvent).where(FunnelEvent.buffer_id.is_not(None))).all()
+    assert [(e.kind, e.attachment_id, e.post_id) for e in folded] == [
+        (funnel.IMAGE_VIEWED, image.id, image.post_id)
+    ] * 3
+    assert all(
+        abs(e.created_at - dt.datetime.now(dt.UTC).replace(tzinfo=None)) < dt.timedelta(minutes=1)
+        for e in folded
+    )
+    assert _dashboard_views() == 4
+    assert funnel.fold_buffered_views(redis) == 0  # nothing left: nothing added
+
+
+def test_a_fold_that_stops_after_its_commit_adds_nothing_twice(
+    app: Flask, image: Attachment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for _ in range(5):
+        _view(app, image)
+    redis = redis_connection(app)
+
+    def crash(*_args: Any, **_kwargs: Any) -> None:
+        raise RedisError("connection lost")
+
+    # The rows are committed, then the worker loses Redis before the batch leaves it.
+    monkeypatch.setattr(Redis, "ltrim", crash)
+    with pytest.raises(RedisError):
+        funnel.fold_buffered_views(redis)
+    monkeypatch.undo()
+    redis.delete(funnel.FOLD_LOCK_KEY)  # the lock's expiry, in a real crash
+    assert _rows() == 5
+    assert redis.llen(funnel.FOLDING_KEY) == 5  # the batch is still in Redis...
+    assert _dashboard_views() == 5  # ...and not counted twice
+
+    _view(app, image)
+    assert funnel.fold_buffered_views(redis) == 1  # the next fold adds only the new view
+    assert _rows() == 6 and _dashboard_views() == 6
+    assert not redis.exists(funnel.FOLDING_KEY) and redis.llen(funnel.BUFFER_KEY) == 0
+
+
+def test_a_fold_that_stops_before_its_commit_loses_nothing(
+    app: Flask, image: Attachment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for _ in range(4):
+        _view(app, image)
+    redis = redis_connection(app)
+
+    def crash(*_args: Any) -> None:
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(transactions, "commit", crash)
+    with pytest.raises(RuntimeError):
+        funnel.fold_buffered_views(redis)
+    monkeypatch.undo()
+    db.session.rollback()
+    assert _rows() == 0 and _dashboard_views() == 4
+    assert funnel.fold_buffered_views(redis) == 4
+    assert _rows() == 4 and _dashboard_views() == 4
+
+
+def test_a_view_sent_twice_by_a_retry_is_folded_once(app: Flask, image: Attachment) -> None:
+    _view(app, image)
+    redis = redis_connection(app)
+    entry = redis.lindex(funnel.BUFFER_KEY, 0)
+    assert entry is not None
+    redis.rpush(funnel.BUFFER_KEY, entry)
+    assert _dashboard_views() == 1
+    assert funnel.fold_buffered_views(redis) == 1
+    assert _rows() == 1
+
+
+def test_the_sweep_folds_the_buffered_views(app: Flask, image: Attachment) -> None:
+    _view(app, image)
+    _view(app, image)
+    result = app.test_cli_runner().invoke(args=["smi", "sweep"])
+    assert result.exit_code == 0, result.output
+    assert "image views folded 2" in result.output
+    assert _rows() == 2
+
+
+def test_with_redis_down_the_page_shows_and_the_view_is_written_at_once(
+    app_config: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    down = create_app({**app_config, "REDIS_URL": "redis://127.0.0.1:1/0"})
+    with down.app_context():
+        attachment = make_attachment(down, title="Harbour")
+        db.session.commit()
+        with caplog.at_level(logging.WARNING, logger="smi.funnel"):
+            page = _view(down, attachment)
+        assert "Harbour" in page and 'name="resolution"' in page
+        assert "image view written to the database: Redis is unreachable" in caplog.text
+        rows = db.session.scalars(select(FunnelEvent)).all()
+        assert [(row.kind, row.attachment_id) for row in rows] == [
+            (funnel.IMAGE_VIEWED, attachment.id)
+        ]
+        db.session.remove()
+        db.engine.dispose()
+
+
+def test_a_settings_save_is_seen_at_once_by_another_process(
+    app: Flask, image: Attachment, other_process: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No time-based look at the table: only the version in Redis can tell the other process.
+    monkeypatch.setattr(settings, "CACHE_SECONDS", 3600.0)
+    assert "$1,234.00" not in _view(other_process, image)
+    errors, changed = update_settings(app, {"MIN_PRICE": "1234.00"}, admin="owner@shop.test")
+    assert (errors, changed) == ({}, ["MIN_PRICE"])
+    assert "$1,234.00" in _view(other_process, image)
+    with other_process.app_context():
+        assert str(settings.get("MIN_PRICE")) == "1234.00"
+
+
+def test_an_image_change_is_seen_at_once_by_another_process(
+    app: Flask, image: Attachment, other_process: Flask
+) -> None:
+    before = _view(other_process, image)
+    assert "Lighthouse" in before and 'name="resolution"' in before
+    assert "Lighthouse" in other_process.test_client().get("/").get_data(as_text=True)
+    update_image(image, title="Harbour at dusk", alt_text="", for_sale=False, admin="owner")
+    after = _view(other_process, image)
+    assert "Harbour at dusk" in after and "Lighthouse" not in after
+    assert 'name="resolution"' not in after  # no longer for sale: no Buy form
+    catalog = other_process.test_client().get("/").get_data(as_text=True)
+    assert "Harbour at dusk" in catalog and "Not for sale" in catalog
+    post = other_process.test_client().get(f"/posts/{image.post.slug}")
+    assert "Harbour at dusk" in post.get_data(as_text=True)
+
+
+def test_an_image_removed_is_a_404_at_once_in_another_process(
+    app: Flask, image: Attachment, other_process: Flask
+) -> None:
+    _view(other_process, image)
+    db.session.delete(image)
+    db.session.commit()
+    assert other_process.test_client().get(f"/images/{image.id}").status_code == 404
