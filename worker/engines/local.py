@@ -185,17 +185,21 @@ def _load(source: Path) -> tuple[pyvips.Image, str]:
 def _save(image: pyvips.Image, output_format: str, output: Path, *, lossless_webp: bool) -> None:
     """Stream `image` into `output` as `output_format`, keeping its metadata and ICC profile."""
     if output_format == "jpeg":
-        samples = image.width * image.height * image.bands
-        image.jpegsave(
-            str(output),
-            Q=95,
-            subsample_mode="off",
-            optimize_coding=samples <= _OPTIMIZE_CODING_MAX_SAMPLES,
-        )
+        image.jpegsave(str(output), **jpeg_options(image))
     elif output_format == "png":
         image.pngsave(str(output), compression=6)
     else:
         image.webpsave(str(output), Q=95, lossless=lossless_webp, smart_subsample=True)
+
+
+def jpeg_options(image: pyvips.Image) -> dict[str, object]:
+    """The `jpegsave` options the engine writes `image` with (benchmarks use them too)."""
+    samples = image.width * image.height * image.bands
+    return {
+        "Q": 95,
+        "subsample_mode": "off",
+        "optimize_coding": samples <= _OPTIMIZE_CODING_MAX_SAMPLES,
+    }
 
 
 def _is_lossless_webp(path: Path) -> bool:
