@@ -120,6 +120,9 @@ def test_pay_then_one_ready_email_then_landing_page_then_the_file(
     )
     assert _image_size(io.BytesIO(whole.content)) == (480, 360)
     assert _fresh(job.job_id).download_count == 1
+    # Its row is written as the server closes the response: wait for it, so the rows keep order.
+    query = select(DownloadLog).where(DownloadLog.job_id == job.job_id).order_by(DownloadLog.id)
+    wait_until(lambda: len(db.session.scalars(query).all()) == 1)
 
     # A download that broke off and resumes: counted once in all.
     first = requests.get(f"{url}/file", headers={"Range": "bytes=0-99"}, timeout=10)
@@ -130,7 +133,6 @@ def test_pay_then_one_ready_email_then_landing_page_then_the_file(
     beyond = requests.get(f"{url}/file", headers={"Range": "bytes=99999999-"}, timeout=10)
     assert beyond.status_code == 416
     # Each response is logged as it closes, with the bytes it sent.
-    query = select(DownloadLog).where(DownloadLog.job_id == job.job_id).order_by(DownloadLog.id)
     wait_until(lambda: len(db.session.scalars(query).all()) == 3)
     logged = db.session.scalars(query.execution_options(populate_existing=True)).all()
     # Rows are written as responses close, which may overlap the next request: the order of the

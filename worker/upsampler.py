@@ -170,7 +170,7 @@ def check(job_id: str, attempt: int = 0) -> str:
     with client(app) as api:
         provider_job = api.status(job.upsampler_job_id)
     if provider_job.succeeded:
-        return _collect_once(job, provider_job)
+        return _collect_once(job, provider_job, attempt)
     if provider_job.failed:
         fail_job(
             job_id, f"Upsampler could not upscale it: {provider_job.error or 'no reason given'}"
@@ -186,10 +186,17 @@ def check(job_id: str, attempt: int = 0) -> str:
     return f"waiting ({provider_job.status})"
 
 
-def _collect_once(job: Job, provider_job: UpsamplerJob) -> str:
-    """Fetch the result under a lock, so a callback and a poll arriving together fetch it once."""
+def _collect_once(job: Job, provider_job: UpsamplerJob, attempt: int) -> str:
+    """Fetch the result under a lock, so a callback and a poll arriving together fetch it once.
+
+    A check that finds the lock taken asks again later: the holder may have been killed, and its
+    lock then lapses (900 s) with no one left to collect.
+    """
     lock = redis_connection(_app()).lock(f"smi:collect:{job.job_id}", timeout=900, blocking=False)
     if not lock.acquire():
+        enqueue_upsampler_check(
+            job.job_id, delay_seconds=poll_delay(attempt + 1), attempt=attempt + 1
+        )
         return "another check is collecting it"
     try:
         job = get_job(job.job_id) or job
