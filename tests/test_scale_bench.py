@@ -58,7 +58,8 @@ def test_scale_bench_does_each_order_once_with_one_and_two_workers(
         assert len(run.peak_rss_kib) == run.workers
         assert all(peak > 50 * 1024 for peak in run.peak_rss_kib)  # a Python with the app
         assert 0 < run.seconds < 60
-        assert 0 < run.cores_busy <= (os.cpu_count() or 1)
+        # CPU accounting (wait4) and wall time are read a little apart: allow 10 %.
+        assert 0 < run.cores_busy <= (os.cpu_count() or 1) * 1.1
     lines = report(figures, (96, 72))
     rows = [line.split() for line in lines if line.strip().startswith(("1 ", "2 "))]
     assert [row[0] for row in rows] == ["1", "2"]

@@ -285,3 +285,10 @@ def test_pages_work_under_the_policy_in_chromium(
     assert full > 100 and counts[0] >= 8 and len(widths) == len(counts) == 5
     assert all(abs(w / full - c / counts[0]) < 0.01 for w, c in zip(widths, counts, strict=True))
     assert widths[0] > widths[1] > widths[2] > 0 == widths[3]
+
+
+def test_a_nul_byte_in_the_address_is_a_404_not_a_500(client: FlaskClient) -> None:
+    """PostgreSQL refuses NUL in text: such an id must never reach a query."""
+    for path in ("/orders/%00", "/download/%00abc", "/images/1?cancelled=%00"):
+        response = client.get(path)
+        assert response.status_code == 404, path

@@ -39,8 +39,15 @@ def install(app: Flask) -> None:
     Call it before the extensions are set up: hooks run in the order they were added, and the
     CSRF check and the rate limits read the form in theirs.
     """
+    app.before_request(refuse_nul_in_url)
     app.before_request(limit_request_body)
     app.after_request(add_security_headers)
+
+
+def refuse_nul_in_url() -> None:
+    """A NUL byte in the path or query names nothing of ours (and PostgreSQL refuses it): 404."""
+    if "\x00" in request.path or "\x00" in request.query_string.decode("latin-1"):
+        abort(404)
 
 
 def body_limit(endpoint: str | None) -> int:
