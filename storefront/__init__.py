@@ -71,7 +71,20 @@ def _init_extensions(app: Flask) -> None:
     library.track_changes()
     mail.init_app(app)
     csrf.init_app(app)
+    _init_babel(app)
     _init_limiter(app)
+
+
+def _init_babel(app: Flask) -> None:
+    """`_()` in templates and code; the locale comes from storefront/i18n.py."""
+    from storefront import i18n
+    from storefront.extensions import babel
+
+    babel.init_app(
+        app,
+        locale_selector=i18n.select_locale,
+        default_translation_directories=str(PROJECT_ROOT / "translations"),
+    )
 
 
 def _set_engine_options(app: Flask) -> None:

@@ -2,6 +2,7 @@
 
 import flask_limiter
 from flask import Flask
+from flask_babel import Babel
 from flask_limiter.util import get_remote_address
 from flask_mail import Mail
 from flask_migrate import Migrate
@@ -30,6 +31,8 @@ db = SQLAlchemy(model_class=Base)
 migrate = Migrate()
 mail = Mail()
 csrf = CSRFProtect()
+# Translations of buyer pages and mails (storefront/i18n.py picks the locale).
+babel = Babel()
 
 
 class Limiter(flask_limiter.Limiter):
