@@ -40,6 +40,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.processes import free_port, stop  # noqa: E402
+
 VENV_BIN = ROOT / ".venv" / "bin"
 START_TIMEOUT_SECONDS = 30.0
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
@@ -55,26 +60,6 @@ class Run:
     rate: float
     p99_ms: float
     requests: int
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def stop(process: subprocess.Popen[bytes] | None) -> None:
-    """Stop a child this script started, by its PID: SIGTERM, then SIGKILL after 15 s."""
-    if process is None or process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
 
 
 def wait_until(ready: Callable[[], bool], what: str, process: subprocess.Popen[bytes]) -> None:
@@ -213,8 +198,6 @@ def main() -> int:
     options = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     scratch = Path(tempfile.mkdtemp(prefix="smi-page-bench-"))
     processes: list[subprocess.Popen[bytes]] = []
     try:

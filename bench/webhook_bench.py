@@ -33,7 +33,6 @@ import os
 import random
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -57,6 +56,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.processes import free_port, stop  # noqa: E402
 from devservers.stripe_local.store import DEFAULT_API_VERSION  # noqa: E402
 from devservers.stripe_local.webhooks import USER_AGENT, sign  # noqa: E402
 
@@ -120,14 +120,6 @@ class Check:
         return self.found == self.expected
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def wait_until(ready: Callable[[], bool], what: str, process: subprocess.Popen[bytes]) -> None:
     """Poll `ready` until it holds; fail if `process` exits or START_TIMEOUT_SECONDS pass."""
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
@@ -141,18 +133,6 @@ def wait_until(ready: Callable[[], bool], what: str, process: subprocess.Popen[b
             pass  # not listening yet
         time.sleep(0.1)
     raise RuntimeError(f"{what} was not ready after {START_TIMEOUT_SECONDS:.0f} s")
-
-
-def stop(process: subprocess.Popen[bytes] | None) -> None:
-    """Stop a child this script started, by its PID: SIGTERM, then SIGKILL after 15 s."""
-    if process is None or process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
 
 
 def start_redis(scratch: Path, port: int) -> subprocess.Popen[bytes]:

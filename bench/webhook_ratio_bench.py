@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.processes import free_port, stop  # noqa: E402
 from bench.webhook_bench import (  # noqa: E402
     GUNICORN_THREADS,
     RETRY_PAUSE_SECONDS,
@@ -50,11 +51,9 @@ from bench.webhook_bench import (  # noqa: E402
     build_deliveries,
     child_env,
     count_results,
-    free_port,
     seed_sales,
     send_round,
     start_redis,
-    stop,
     upgrade_schema,
     wait_until,
 )
