@@ -8,6 +8,8 @@ mode="${1:-run}"
 packages=(redis-server)
 if [ "$mode" = test ]; then
   packages+=(postgresql chromium nginx)
+  # npm installs axe-core for the accessibility audit (package.json); Debian's npm brings node.
+  command -v npm >/dev/null 2>&1 || packages+=(npm)
 fi
 
 missing=()
@@ -40,4 +42,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install --quiet --upgrade pip
   .venv/bin/pip install --quiet -e '.[dev]'
   cp pyproject.toml "$stamp"
+fi
+if [ "$mode" = test ] && { [ ! -f node_modules/.package-lock.json ] \
+    || [ package-lock.json -nt node_modules/.package-lock.json ]; }; then
+  echo "Installing the browser test tools (npm ci)"
+  npm ci --no-audit --no-fund --loglevel=error
 fi

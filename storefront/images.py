@@ -20,3 +20,10 @@ def displayed_size(image: pyvips.Image) -> tuple[int, int]:
     if orientation(image) in QUARTER_TURN_ORIENTATIONS:
         return image.height, image.width
     return image.width, image.height
+
+
+def fitted_size(width: int, height: int, box: int, box_height: int = 0) -> tuple[int, int]:
+    """The size of a (width, height) image shrunk to fit a `box` × `box` square (or `box` ×
+    `box_height`), never enlarged: the size of its preview of that edge."""
+    scale = min(1.0, box / max(width, 1), (box_height or box) / max(height, 1))
+    return max(1, round(width * scale)), max(1, round(height * scale))

@@ -51,6 +51,10 @@ class Post(db.Model):  # type: ignore[name-defined]
     title: Mapped[str] = mapped_column(String(255))
     body: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # The sitemap's lastmod; rows from before 0009 have none until they change (created_at then).
+    updated_at: Mapped[dt.datetime | None] = mapped_column(
+        DateTime, default=utcnow, onupdate=utcnow
+    )
 
     attachments: Mapped[list[Attachment]] = relationship(
         back_populates="post", order_by="Attachment.id"
@@ -74,6 +78,9 @@ class Attachment(db.Model):  # type: ignore[name-defined]
     title: Mapped[str] = mapped_column(String(255), default="")
     for_sale: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(
+        DateTime, default=utcnow, onupdate=utcnow
+    )
 
     post: Mapped[Post] = relationship(back_populates="attachments")
 

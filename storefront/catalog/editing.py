@@ -15,10 +15,9 @@ from sqlalchemy import func, select, update
 from storefront import transactions
 from storefront.accounts.audit import log_action
 from storefront.catalog.library import (
-    PREVIEW_SIZES,
     ImageInfo,
     add_image,
-    preview_key,
+    preview_keys,
     read_image_info,
     slugify,
 )
@@ -219,7 +218,7 @@ def remove_image(app: Flask, attachment: Attachment, admin: str) -> None:
     db.session.delete(attachment)
     log_action(admin, "image_removed", f"image:{image_id}", relative)
     transactions.commit()
-    for key in [relative] + [preview_key(image_id, size) for size in PREVIEW_SIZES]:
+    for key in [relative, *preview_keys(image_id)]:
         remove_stored_file(app, key)
 
 

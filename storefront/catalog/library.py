@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -21,8 +22,11 @@ from storefront.storage import StoredObject, backend, safe_filename, temporary_p
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo" / "images"
 PREVIEW_SIZES = {"thumb": 480, "large": 1200}
+# The image page's srcset: `w1200` is 1200 px wide, or the original's width if that is less.
+PREVIEW_WIDTHS = {"w480": 480, "w1200": 1200, "w2400": 2400}
 PAGE_CACHE_SIZE = 10_000  # images per app; the cache starts again when it is full
 CHANGED = "smi_catalog_changed"  # Session.info: this transaction changed a post or an image
+MAX_EDGE = 10_000_000  # libvips' largest image side: "no limit" on a preview's height
 MIME_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 
 
@@ -165,9 +169,26 @@ def preview_key(attachment_id: int, size: str) -> str:
     return f"previews/{size}/{attachment_id}.jpg"
 
 
+def preview_keys(attachment_id: int) -> list[str]:
+    """Every preview an image may have in storage, of every size and width."""
+    return [preview_key(attachment_id, size) for size in (*PREVIEW_SIZES, *PREVIEW_WIDTHS)]
+
+
+def srcset_widths(original_width: int) -> list[tuple[str, int]]:
+    """The previews an image's srcset lists, as (size, width in px): each width the original
+    reaches, and then one at the original's own width if it falls between two."""
+    found = []
+    for size, width in PREVIEW_WIDTHS.items():
+        found.append((size, min(width, original_width)))
+        if original_width <= width:
+            break
+    return found
+
+
 def ensure_preview(app: Flask, attachment: Attachment, size: str) -> StoredObject:
-    """A JPEG preview of `attachment`, made once (again when the original is newer) and stored."""
-    if size not in PREVIEW_SIZES:
+    """A JPEG preview of `attachment`, made once (again when the original is newer) and stored:
+    within a square for the PREVIEW_SIZES, of at most a width for the PREVIEW_WIDTHS."""
+    if size not in PREVIEW_SIZES and size not in PREVIEW_WIDTHS:
         raise ValueError(f"unknown preview size {size!r}")
     storage = backend(app)
     key = preview_key(attachment.id, size)
@@ -175,11 +196,12 @@ def ensure_preview(app: Flask, attachment: Attachment, size: str) -> StoredObjec
     original = storage.stat(attachment.file_path)
     if found is not None and (original is None or found.modified >= original.modified):
         return found
-    edge = PREVIEW_SIZES[size]
+    width = PREVIEW_SIZES.get(size) or PREVIEW_WIDTHS[size]
+    height = width if size in PREVIEW_SIZES else MAX_EDGE
     made = temporary_path(app, ".jpg")
     try:
         with storage.local_copy(attachment.file_path) as source:
-            thumb = pyvips.Image.thumbnail(str(source), edge, height=edge, size="down")
+            thumb = pyvips.Image.thumbnail(str(source), width, height=height, size="down")
             if thumb.hasalpha():
                 thumb = thumb.flatten(background=[255, 255, 255])
             thumb.jpegsave(str(made), Q=85, strip=True, optimize_coding=True, interlace=True)
@@ -219,6 +241,7 @@ class CatalogImage:
     height: int
     for_sale: bool
     post: PostLink
+    updated_at: dt.datetime
 
 
 @dataclass(frozen=True)
@@ -230,6 +253,7 @@ class CatalogPost:
     title: str
     body: str
     attachments: tuple[CatalogImage, ...]
+    updated_at: dt.datetime
 
 
 @dataclass
@@ -291,6 +315,7 @@ def _read_posts() -> list[CatalogPost]:
             post.title,
             post.body,
             tuple(_image_copy(attachment, post) for attachment in post.attachments),
+            post.updated_at or post.created_at,
         )
         for post in posts_with_images()
     ]
@@ -312,6 +337,7 @@ def _image_copy(attachment: Attachment, post: Post) -> CatalogImage:
         height=attachment.height,
         for_sale=attachment.for_sale,
         post=PostLink(post.id, post.slug, post.title),
+        updated_at=attachment.updated_at or attachment.created_at,
     )
 
 

@@ -11,17 +11,21 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import current_app, render_template
+from flask_babel import gettext as _
 from flask_mail import Message
 
 from storefront import settings, transactions
 from storefront.extensions import mail
 from storefront.formatting import local_time
+from storefront.images import fitted_size
 from storefront.jobs import metrics, outbox
 from storefront.jobs.delivery import issue_download_token
 from storefront.jobs.state import get_job, record_event, transition
 from storefront.models import Job
 
 log = logging.getLogger("smi.mail")
+# The largest a mail shows the picture of what was bought, in CSS pixels (within the thumb's 480).
+MAIL_PREVIEW_BOX = (480, 320)
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,7 @@ def build_message(kind: str, job: Job, **context: Any) -> Message:
         "output_height": (job.image_height or 0) * job.factor,
         "expires": local_time(job.download_expires_at, current_app.config["DISPLAY_TIMEZONE"]),
         "title": (job.attachment.title if job.attachment else "") or "your image",
+        "preview": _preview(job, base),
         **context,
     }
     return Message(
@@ -78,6 +83,27 @@ def build_message(kind: str, job: Job, **context: Any) -> Message:
         body=render_template(f"email/{spec.template}.txt", **values),
         html=render_template(f"email/{spec.template}.html", **values),
     )
+
+
+@dataclass(frozen=True)
+class MailPreview:
+    """The picture a mail shows of what was bought: the shop's preview, and its size in the mail."""
+
+    url: str
+    width: int
+    height: int
+    alt: str
+
+
+def _preview(job: Job, base: str) -> MailPreview | None:
+    """The bought image's preview as the shop serves it (thumb), fitted to MAIL_PREVIEW_BOX."""
+    image = job.attachment
+    if image is None:
+        return None
+    width, height = fitted_size(image.width, image.height, *MAIL_PREVIEW_BOX)
+    url = f"{base}/images/{image.id}/preview/thumb.jpg"
+    alt = image.alt_text or image.title or _("The image you bought")
+    return MailPreview(url, width, height, alt)
 
 
 def send(message: Message) -> None:

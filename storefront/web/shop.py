@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, current_app, render_template, request
+from flask import Blueprint, abort, current_app, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
 from storefront import funnel
 from storefront.catalog.library import (
     MAX_ID,
     PREVIEW_SIZES,
+    PREVIEW_WIDTHS,
     CatalogImage,
     catalog_post,
     catalog_posts,
     ensure_preview,
     image_for_page,
+    srcset_widths,
 )
 from storefront.extensions import db
+from storefront.images import fitted_size
 from storefront.jobs.offers import ENGINE_LABELS, image_offers
 from storefront.models import Attachment
 from storefront.queues import redis_connection
@@ -84,8 +87,24 @@ def image(attachment_id: int) -> ResponseReturnValue:
 @bp.get(f"/images/<int(max={MAX_ID}):attachment_id>/preview/<size>.jpg")
 def preview(attachment_id: int, size: str) -> ResponseReturnValue:
     """A web-sized JPEG of an image (originals are never served here)."""
-    if size not in PREVIEW_SIZES:
+    if size not in PREVIEW_SIZES and size not in PREVIEW_WIDTHS:
         abort(404)
     attachment = db.get_or_404(Attachment, attachment_id)
     stored = ensure_preview(current_app._get_current_object(), attachment, size)  # type: ignore[attr-defined]
     return send_stored(stored, "image/jpeg", max_age=86400)
+
+
+@bp.app_template_global()
+def preview_srcset(image: Attachment | CatalogImage) -> str:
+    """An image's `srcset`: its previews of 480, 1200 and 2400 px wide, as far as it reaches
+    (each made when first asked for)."""
+    return ", ".join(
+        f"{url_for('shop.preview', attachment_id=image.id, size=size)} {width}w"
+        for size, width in srcset_widths(image.width)
+    )
+
+
+@bp.app_template_global()
+def preview_size(image: Attachment | CatalogImage, size: str) -> tuple[int, int]:
+    """The (width, height) of an image's square-bounded preview (`thumb` or `large`)."""
+    return fitted_size(image.width, image.height, PREVIEW_SIZES[size])
