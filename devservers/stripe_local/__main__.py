@@ -29,7 +29,8 @@ def _tax_percent(raw: str) -> Decimal:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Read the options (STRIPE_LOCAL_PORT, STRIPE_WEBHOOK_URL, STRIPE_WEBHOOK_SECRET: defaults)."""
+    """Read the options (STRIPE_LOCAL_PORT, STRIPE_WEBHOOK_URL, STRIPE_WEBHOOK_SECRET,
+    STRIPE_LOCAL_TAX_PERCENT: defaults)."""
     env = os.environ
     parser = argparse.ArgumentParser(
         prog="python -m devservers.stripe_local",
@@ -67,8 +68,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--tax-percent",
         type=_tax_percent,
-        default=Decimal(0),
-        help="the rate automatic tax adds on top of tax-exclusive prices, e.g. 19 (default 0)",
+        default=env.get("STRIPE_LOCAL_TAX_PERCENT") or "0",
+        help="the rate automatic tax adds on top of tax-exclusive prices, e.g. 19 "
+        "(default: $STRIPE_LOCAL_TAX_PERCENT, else 0)",
     )
     args = parser.parse_args(argv)
     if args.webhook_url and not args.webhook_secret:
