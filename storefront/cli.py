@@ -232,20 +232,22 @@ def report_group() -> None:
 )
 @with_appcontext
 def revenue_command(days: int) -> None:
-    """Revenue per day, net of refunds (the plugin's revenue query)."""
+    """Revenue per day, net of tax and refunds (the plugin's revenue query, less tax)."""
     currency = str(current_app.config["CURRENCY"])
     rows = revenue_report(days)
-    click.echo(f"{'day':<12}{'jobs':>6}{'charged':>14}{'refunded':>14}{'revenue':>14}")
+    click.echo(f"{'day':<12}{'jobs':>6}{'charged':>14}{'tax':>14}{'refunded':>14}{'revenue':>14}")
     for row in rows:
         click.echo(
             f"{row.day.isoformat():<12}{row.jobs:>6}"
-            f"{format_money(row.charged, currency):>14}{format_money(row.refunded, currency):>14}"
-            f"{format_money(row.revenue, currency):>14}"
+            f"{format_money(row.charged, currency):>14}{format_money(row.tax, currency):>14}"
+            f"{format_money(row.refunded, currency):>14}{format_money(row.revenue, currency):>14}"
         )
     jobs = sum(row.jobs for row in rows)
     charged = sum((row.charged for row in rows), Decimal("0.00"))
+    tax = sum((row.tax for row in rows), Decimal("0.00"))
     refunded = sum((row.refunded for row in rows), Decimal("0.00"))
     click.echo(
         f"{'total':<12}{jobs:>6}{format_money(charged, currency):>14}"
-        f"{format_money(refunded, currency):>14}{format_money(charged - refunded, currency):>14}"
+        f"{format_money(tax, currency):>14}{format_money(refunded, currency):>14}"
+        f"{format_money(charged - tax - refunded, currency):>14}"
     )

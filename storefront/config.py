@@ -203,6 +203,17 @@ SETTINGS: tuple[Setting, ...] = (
     # Operable in production (D): the system page's alerts to ADMIN_EMAIL
     Setting("ALERT_QUEUE_MINUTES", int, 30, 1, 1440, help="alert: a paid job waits this long"),
     Setting("ALERT_WORKER_MINUTES", int, 10, 1, 1440, help="alert: no worker heartbeat this long"),
+    # For buyers (issue 14, part 3): discounts and tax through Stripe Checkout
+    Setting(
+        "PROMOTION_CODES",
+        _bool,
+        False,
+        help="buyers may enter Stripe promotion codes",
+        editable=True,
+    ),
+    Setting(
+        "STRIPE_AUTOMATIC_TAX", _bool, False, help="Stripe Tax on top of prices", editable=True
+    ),
 )
 SETTINGS_BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
 EDITABLE_NAMES: frozenset[str] = frozenset(s.name for s in SETTINGS if s.editable)

@@ -167,6 +167,16 @@ class Job(db.Model):  # type: ignore[name-defined]
     # The job's one submission to Upsampler in this run: opened (and committed) before the call.
     upsampler_submission_key: Mapped[str | None] = mapped_column(String(64))
     upsampler_submitted_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    # What Stripe charged, beside amount_charged (what the buyer paid, set from Stripe's total once
+    # paid): the price before discount and tax, the discount of a promotion code, the tax added.
+    amount_subtotal: Mapped[Decimal | None] = mapped_column(Money)
+    amount_discount: Mapped[Decimal | None] = mapped_column(Money)
+    amount_tax: Mapped[Decimal | None] = mapped_column(Money)
+    # What the job's Checkout Session was opened with: a discount or tax is accepted only if on.
+    promotion_codes_allowed: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default="0"
+    )
+    automatic_tax: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
 
     post: Mapped[Post] = relationship()
     attachment: Mapped[Attachment | None] = relationship()

@@ -59,6 +59,18 @@ EDITABLE: tuple[Editable, ...] = (
         help="Larger tiers are shown as unavailable.",
     ),
     Editable(
+        "PROMOTION_CODES",
+        "Promotion codes",
+        "bool",
+        help="Buyers may enter a Stripe promotion code at checkout.",
+    ),
+    Editable(
+        "STRIPE_AUTOMATIC_TAX",
+        "Automatic tax",
+        "bool",
+        help="Stripe Tax adds the buyer's tax on top of the price (needs Stripe Tax set up).",
+    ),
+    Editable(
         "DOWNLOAD_EXPIRY_HOURS",
         "Link life",
         "int",

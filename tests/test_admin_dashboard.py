@@ -194,9 +194,9 @@ def test_report_revenue_command(runner: FlaskCliRunner, shop: dict[str, Job]) ->
     result = runner.invoke(args=["smi", "report", "revenue", "--days", "7"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].split() == ["day", "jobs", "charged", "refunded", "revenue"]
+    assert lines[0].split() == ["day", "jobs", "charged", "tax", "refunded", "revenue"]
     yesterday = next(line for line in lines if line.startswith(_at(1).date().isoformat()))
-    assert yesterday.split()[1:] == ["2", "$9.60", "$0.50", "$9.10"]
-    assert lines[-1].split() == ["total", "4", "$12.02", "$2.42", "$9.60"]
+    assert yesterday.split()[1:] == ["2", "$9.60", "$0.00", "$0.50", "$9.10"]
+    assert lines[-1].split() == ["total", "4", "$12.02", "$0.00", "$2.42", "$9.60"]
     older = runner.invoke(args=["smi", "report", "revenue", "--days", "60"])
     assert older.output.splitlines()[-1].split()[-1] == "$109.60"

@@ -1,4 +1,6 @@
-"""Command line: `python -m devservers.stripe_local --port 12111 --webhook-url URL ...`."""
+"""Command line: `python -m devservers.stripe_local --port 12111 --webhook-url URL ...` serves;
+`python -m devservers.stripe_local promo create SAVE20 --percent-off 20` (see promo_cli) manages
+the promotion codes of a running server."""
 
 from __future__ import annotations
 
@@ -9,13 +11,26 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from decimal import Decimal, InvalidOperation
 from types import FrameType
 
+from . import promo_cli
 from .server import start_server
 
 
+def _tax_percent(raw: str) -> Decimal:
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not a number: {raw!r}") from None
+    if not value.is_finite() or not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError("a percentage from 0 to 100")
+    return value
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Read the options (STRIPE_LOCAL_PORT, STRIPE_WEBHOOK_URL, STRIPE_WEBHOOK_SECRET: defaults)."""
+    """Read the options (STRIPE_LOCAL_PORT, STRIPE_WEBHOOK_URL, STRIPE_WEBHOOK_SECRET,
+    STRIPE_LOCAL_TAX_PERCENT: defaults)."""
     env = os.environ
     parser = argparse.ArgumentParser(
         prog="python -m devservers.stripe_local",
@@ -50,6 +65,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="deliver events independently instead of in order per Checkout Session",
     )
+    parser.add_argument(
+        "--tax-percent",
+        type=_tax_percent,
+        default=env.get("STRIPE_LOCAL_TAX_PERCENT") or "0",
+        help="the rate automatic tax adds on top of tax-exclusive prices, e.g. 19 "
+        "(default: $STRIPE_LOCAL_TAX_PERCENT, else 0)",
+    )
     args = parser.parse_args(argv)
     if args.webhook_url and not args.webhook_secret:
         parser.error("--webhook-secret (or STRIPE_WEBHOOK_SECRET) is required with --webhook-url")
@@ -57,7 +79,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the server until Ctrl-C or SIGTERM."""
+    """Run the server until Ctrl-C or SIGTERM (or run a `promo` command)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["promo"]:
+        return promo_cli.main(argv[1:])
     args = parse_args(argv)
     logging.basicConfig(
         stream=sys.stdout,
@@ -73,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         retry_scale=args.retry_scale,
         max_attempts=args.max_attempts,
         ordered=not args.unordered,
+        tax_percent=args.tax_percent,
     )
     log = logging.getLogger("devservers.stripe_local")
     log.info(

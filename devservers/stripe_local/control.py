@@ -10,6 +10,7 @@ from werkzeug.wrappers import Response
 from .api import error_response, json_response
 from .context import runtime
 from .errors import StripeApiError
+from .promotions import parse_percent
 from .store import CardDeclined
 
 bp = Blueprint("control", __name__, url_prefix="/_local")
@@ -30,6 +31,15 @@ def _int(data: dict[str, Any], name: str, default: int | None = None) -> int | N
         return int(value)
     except (TypeError, ValueError):
         raise StripeApiError(f"{name} must be an integer", param=name) from None
+
+
+def _flag(data: dict[str, Any], name: str, default: bool) -> bool:
+    value = data.get(name, default)
+    if value in (True, "true", "1", 1):
+        return True
+    if value in (False, "false", "0", 0):
+        return False
+    raise StripeApiError(f"{name} must be true or false", param=name)
 
 
 @bp.errorhandler(StripeApiError)
@@ -85,6 +95,48 @@ def decline(session_id: str) -> Response:
 def expire(session_id: str) -> Response:
     """Expire an open session on Stripe's side and send `checkout.session.expired`."""
     return json_response(runtime().state.expire_session(session_id))
+
+
+@bp.post("/checkout/sessions/<session_id>/promotion_code")
+def apply_promotion_code(session_id: str) -> Response:
+    """Apply JSON `code` to an open session as the pay page's Apply button does."""
+    data = _body()
+    session = runtime().state.apply_promotion_code(session_id, str(data.get("code") or ""))
+    return json_response(session)
+
+
+@bp.get("/promotion_codes")
+def list_promotion_codes() -> Response:
+    """List the promotion codes, oldest first."""
+    state = runtime().state
+    with state.lock:
+        return json_response({"data": list(state.promotion_codes.values())})
+
+
+@bp.post("/promotion_codes")
+def create_promotion_code() -> Response:
+    """Create a promotion code: JSON `code`, `percent_off` or `amount_off` with `currency`,
+    optional `max_redemptions` and `active` (default true)."""
+    data = _body()
+    percent = data.get("percent_off")
+    promotion = runtime().state.create_promotion_code(
+        str(data.get("code") or ""),
+        percent_off=parse_percent(percent) if percent not in (None, "") else None,
+        amount_off=_int(data, "amount_off"),
+        currency=str(data["currency"]) if data.get("currency") else None,
+        max_redemptions=_int(data, "max_redemptions"),
+        active=_flag(data, "active", True),
+    )
+    return json_response(promotion)
+
+
+@bp.post("/promotion_codes/<code>")
+def update_promotion_code(code: str) -> Response:
+    """Turn a code on or off (JSON `active`)."""
+    data = _body()
+    return json_response(
+        runtime().state.set_promotion_code_active(code, _flag(data, "active", True))
+    )
 
 
 @bp.get("/refunds")

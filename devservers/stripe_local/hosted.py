@@ -1,8 +1,9 @@
-"""The hosted Checkout page a session's `url` points at: Pay, Decline and Cancel."""
+"""The hosted Checkout page a session's `url` points at: Pay, Decline and Cancel, and a promotion
+code field when the session allows codes."""
 
 from __future__ import annotations
 
-from flask import Blueprint, redirect, render_template_string, request
+from flask import Blueprint, redirect, render_template_string, request, url_for
 from werkzeug.wrappers import Response
 
 from . import currencies
@@ -50,6 +51,24 @@ PAGE = """<!doctype html>
       <td class="amount">{{ money(item.amount_total) }}</td>
     </tr>
     {% endfor %}
+    {% if session.total_details.amount_discount or session.total_details.amount_tax %}
+    <tr>
+      <td>Subtotal</td>
+      <td class="amount" id="subtotal">{{ money(session.amount_subtotal) }}</td>
+    </tr>
+    {% endif %}
+    {% if session.total_details.amount_discount %}
+    <tr>
+      <td>Discount{% if promotion %} ({{ promotion.code }}){% endif %}</td>
+      <td class="amount" id="discount">−{{ money(session.total_details.amount_discount) }}</td>
+    </tr>
+    {% endif %}
+    {% if session.automatic_tax.enabled %}
+    <tr>
+      <td>Tax ({{ tax_percent }} %)</td>
+      <td class="amount" id="tax">{{ money(session.total_details.amount_tax) }}</td>
+    </tr>
+    {% endif %}
     <tr class="total">
       <td>Total due</td>
       <td class="amount" id="total">{{ money(session.amount_total) }}</td>
@@ -57,6 +76,22 @@ PAGE = """<!doctype html>
   </table>
   {% if session.status == "open" %}
     {% if error %}<p class="error" role="alert">{{ error }}</p>{% endif %}
+    {% if session.allow_promotion_codes %}
+    <form method="post" action="{{ url_for('hosted.submit', session_id=session.id) }}">
+      {% if promotion %}
+      <p class="notice" role="status">Promotion code {{ promotion.code }} applied.</p>
+      <div class="actions"><button type="submit" name="action" value="remove_code">Remove
+        code</button></div>
+      {% else %}
+      <label for="promotion_code">Promotion code</label>
+      <div class="row">
+        <div><input id="promotion_code" name="promotion_code" autocomplete="off"
+                    value="{{ code }}"></div>
+        <button type="submit" name="action" value="apply_code">Apply</button>
+      </div>
+      {% endif %}
+    </form>
+    {% endif %}
     <form method="post" action="{{ url_for('hosted.submit', session_id=session.id) }}" novalidate>
       <label for="email">Email</label>
       <input id="email" name="email" type="email" autocomplete="email" value="{{ email }}"
@@ -106,11 +141,15 @@ def success_url(session: Obj) -> str:
     return str(session["success_url"]).replace("{CHECKOUT_SESSION_ID}", session["id"])
 
 
-def _render(session: Obj, *, error: str | None = None, email: str = "", card: str = "") -> str:
+def _render(
+    session: Obj, *, error: str | None = None, email: str = "", card: str = "", code: str = ""
+) -> str:
     state = runtime().state
     with state.lock:
         items = [dict(item) for item in state.line_items.get(session["id"], [])]
         view = dict(session)
+        promotion = state.applied_promotion_code(session["id"])
+        tax_percent = state.tax_percent
     currency = view["currency"]
     title = {
         "open": "Complete your purchase",
@@ -123,6 +162,9 @@ def _render(session: Obj, *, error: str | None = None, email: str = "", card: st
         session=view,
         items=items,
         error=error,
+        promotion=promotion,
+        code=code,
+        tax_percent=f"{tax_percent.normalize():f}",
         email=email or view["customer_email"] or DEFAULT_EMAIL,
         card=card or "4242 4242 4242 4242",
         success_url=success_url(view) if view.get("success_url") else "",
@@ -166,6 +208,16 @@ def submit(session_id: str) -> Response | str | tuple[str, int]:
             return _render(session, error="This checkout has no cancel URL."), 400
         return redirect(session["cancel_url"], code=303)
     state = runtime().state
+    if action in ("apply_code", "remove_code"):
+        code = request.form.get("promotion_code", "")
+        try:
+            if action == "apply_code":
+                state.apply_promotion_code(session_id, code)
+            else:
+                state.remove_promotion_code(session_id)
+        except StripeApiError as refused:
+            return _render(session, error=refused.message, code=code), 400
+        return redirect(url_for("hosted.page", session_id=session_id), code=303)
     if action == "decline":
         message = state.decline(session_id)
         return _render(session, error=message, email=email, card=card)

@@ -87,6 +87,18 @@ def as_int(params: Params, name: str, param: str | None = None) -> int | None:
     return int(value)
 
 
+def as_bool(params: Params, name: str, param: str | None = None) -> bool | None:
+    """Read a boolean parameter (`true` or `false`, as the SDK sends them)."""
+    value = params.get(name)
+    if value is None or value == "":
+        return None
+    if value not in ("true", "false"):
+        raise StripeApiError(
+            f"Invalid boolean: {value}", param=param or name, code="parameter_invalid_boolean"
+        )
+    return value == "true"
+
+
 def metadata(value: Any, param: str) -> dict[str, str]:
     """Read a metadata hash within Stripe's limits (50 keys, keys <= 40 and values <= 500 chars)."""
     data = as_dict(value, param)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+from decimal import Decimal
 from types import TracebackType
 
 from flask import Flask, request
@@ -126,6 +127,35 @@ class LocalStripe:
         """Deliver an existing event again, as a duplicate."""
         return self.state.resend(event_id)
 
+    def create_promotion_code(
+        self,
+        code: str,
+        *,
+        percent_off: Decimal | int | None = None,
+        amount_off: int | None = None,
+        currency: str | None = None,
+        max_redemptions: int | None = None,
+        active: bool = True,
+    ) -> Obj:
+        """Create a promotion code (and its coupon) buyers may enter on the pay page."""
+        return self.state.create_promotion_code(
+            code,
+            percent_off=Decimal(percent_off) if percent_off is not None else None,
+            amount_off=amount_off,
+            currency=currency,
+            max_redemptions=max_redemptions,
+            active=active,
+        )
+
+    def apply_promotion_code(self, session_id: str, code: str) -> Obj:
+        """Apply a code to an open session as the pay page's Apply button does."""
+        return self.state.apply_promotion_code(session_id, code)
+
+    def set_tax_percent(self, percent: Decimal | int | str) -> None:
+        """The tax rate of sessions created from now on with automatic tax."""
+        with self.state.lock:
+            self.state.tax_percent = Decimal(percent)
+
     def fail_next(
         self, status: int = 500, count: int = 1, path: str | None = None, message: str | None = None
     ) -> None:
@@ -191,12 +221,14 @@ def start_server(
     ordered: bool = True,
     delivery_timeout: float = 10.0,
     sweep_interval: float = 1.0,
+    tax_percent: Decimal = Decimal(0),
 ) -> LocalStripe:
     """Start a local Stripe server in background threads and return it (port 0 picks a free one).
 
     Without `webhook_secret` a random `whsec_…` is made up; read it from `.webhook_secret`.
+    `tax_percent` is the one rate automatic tax charges on top of tax-exclusive prices.
     """
-    state = StripeState()
+    state = StripeState(tax_percent=tax_percent)
     dispatcher = WebhookDispatcher(
         state,
         retry_scale=retry_scale,

@@ -10,11 +10,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
-from . import currencies
+from . import currencies, promotions
 from .errors import StripeApiError, missing_param, no_such
-from .params import Params, as_dict, as_int, as_list, as_str, check_url, metadata
+from .params import Params, as_bool, as_dict, as_int, as_list, as_str, check_url, metadata
 
 Obj = dict[str, Any]
 EventListener = Callable[[str, str], None]
@@ -48,6 +49,14 @@ DECLINING_CARDS: dict[str, tuple[str, str]] = {
 }
 DEFAULT_CARD = "4242424242424242"
 DEFAULT_EMAIL = "buyer@example.com"
+BILLING_ADDRESS: Obj = {
+    "city": None,
+    "country": "US",
+    "line1": None,
+    "line2": None,
+    "postal_code": "10001",
+    "state": None,
+}
 
 _ALPHABET = string.ascii_letters + string.digits
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -124,9 +133,11 @@ class StripeState:
     when reading them while the server is busy.
     """
 
-    def __init__(self, public_url: str = "") -> None:
+    def __init__(self, public_url: str = "", tax_percent: Decimal = Decimal(0)) -> None:
         self.lock = threading.RLock()
         self.public_url = public_url.rstrip("/")
+        # The one tax rate of sessions with automatic_tax[enabled]; configuration, kept on reset.
+        self.tax_percent = tax_percent
         self.webhook_url: str | None = None
         self.webhook_secret: str | None = None
         self.api_version = DEFAULT_API_VERSION
@@ -140,6 +151,7 @@ class StripeState:
         self.charges: dict[str, Obj] = {}
         self.refunds: dict[str, Obj] = {}
         self.disputes: dict[str, Obj] = {}
+        self.promotion_codes: dict[str, Obj] = {}
         self.events: dict[str, Obj] = {}
         self.deliveries: list[Obj] = []
         self.declines: dict[str, int] = {}
@@ -148,6 +160,8 @@ class StripeState:
         self._pi_data: dict[str, Obj] = {}
         self._session_of: dict[str, str] = {}
         self._event_stream: dict[str, str] = {}
+        # The promotion code applied to each open session (its id), as the pay page applied it.
+        self._session_promotion: dict[str, str] = {}
 
     # ----------------------------------------------------------------- housekeeping
 
@@ -177,6 +191,7 @@ class StripeState:
                     "charges": list(self.charges.values()),
                     "refunds": list(self.refunds.values()),
                     "disputes": list(self.disputes.values()),
+                    "promotion_codes": list(self.promotion_codes.values()),
                     "events": list(self.events.values()),
                     "deliveries": self.deliveries,
                     "declines": self.declines,
@@ -222,6 +237,7 @@ class StripeState:
             "charge": self.charges,
             "refund": self.refunds,
             "dispute": self.disputes,
+            "promotion_code": self.promotion_codes,
             "event": self.events,
         }[kind]
         with self.lock:
@@ -413,8 +429,24 @@ class StripeState:
             ),
         }
 
+        allow_promotion_codes = as_bool(params, "allow_promotion_codes")
+        if params.get("discounts"):
+            raise StripeApiError(
+                "The local Stripe server does not apply `discounts` given at creation; use "
+                "allow_promotion_codes and let the buyer enter a code.",
+                param="discounts",
+            )
+        tax_params = as_dict(params.get("automatic_tax"), "automatic_tax")
+        automatic_tax = bool(as_bool(tax_params, "enabled", "automatic_tax[enabled]"))
+
         session_id = new_id("cs_test_a1", 56)
         items, currency = self._line_items(params.get("line_items"), session_id)
+        if automatic_tax and any(i["price"]["tax_behavior"] != "exclusive" for i in items):
+            raise StripeApiError(
+                "The local Stripe server's automatic tax handles tax-exclusive prices only: set "
+                "line_items[][price_data][tax_behavior]=exclusive.",
+                param="automatic_tax[enabled]",
+            )
         amount = sum(item["amount_total"] for item in items)
         minimum = currencies.MINIMUM_CHARGE[currency]
         if amount < minimum:
@@ -432,10 +464,14 @@ class StripeState:
             "id": session_id,
             "object": "checkout.session",
             "after_expiration": None,
-            "allow_promotion_codes": None,
+            "allow_promotion_codes": allow_promotion_codes,
             "amount_subtotal": amount,
             "amount_total": amount,
-            "automatic_tax": {"enabled": False, "liability": None, "status": None},
+            "automatic_tax": (
+                {"enabled": True, "liability": {"type": "self"}, "status": "complete"}
+                if automatic_tax
+                else {"enabled": False, "liability": None, "status": None}
+            ),
             "billing_address_collection": None,
             "cancel_url": cancel_url,
             "client_reference_id": client_reference_id,
@@ -449,6 +485,7 @@ class StripeState:
             "customer_creation": "if_required",
             "customer_details": None,
             "customer_email": customer_email,
+            "discounts": [],
             "expires_at": expires_at,
             "invoice": None,
             "livemode": False,
@@ -470,6 +507,7 @@ class StripeState:
             "ui_mode": "hosted",
             "url": f"{self.public_url}/pay/{session_id}",
         }
+        promotions.apply_totals(session, items, None, self.tax_percent)
         with self.lock:
             self.sessions[session_id] = session
             self.line_items[session_id] = items
@@ -516,6 +554,12 @@ class StripeState:
                     "This value must be greater than or equal to 0.",
                     param=f"{prefix}[price_data][unit_amount]",
                 )
+            tax_behavior = as_str(price_data, "tax_behavior", f"{prefix}[price_data][tax_behavior]")
+            if tax_behavior not in (None, "exclusive", "inclusive", "unspecified"):
+                raise StripeApiError(
+                    "Invalid tax_behavior: must be one of exclusive, inclusive, or unspecified",
+                    param=f"{prefix}[price_data][tax_behavior]",
+                )
             product_data = as_dict(
                 price_data.get("product_data"), f"{prefix}[price_data][product_data]"
             )
@@ -548,6 +592,7 @@ class StripeState:
                         "livemode": False,
                         "metadata": {},
                         "product": new_id("prod_"),
+                        "tax_behavior": tax_behavior or "unspecified",
                         "type": "one_time",
                         "unit_amount": unit_amount,
                     },
@@ -606,7 +651,9 @@ class StripeState:
         """Pay an open session as the hosted page's Pay button does, and send the completion event.
 
         Creates a succeeded PaymentIntent with one charge, completes the session, and emits
-        `checkout.session.completed`. A declining test card raises `CardDeclined` instead.
+        `checkout.session.completed`. A declining test card raises `CardDeclined` instead. A
+        session whose promotion code brought the total to zero completes with no PaymentIntent
+        and `payment_status` `no_payment_required`, as Stripe's does.
         """
         with self.lock:
             session = self._open_session(session_id)
@@ -616,6 +663,9 @@ class StripeState:
                 raise StripeApiError(
                     "Your email address is invalid.", param="email", code="email_invalid"
                 )
+            self._check_applied_code(session)
+            if session["amount_total"] == 0:
+                return self._complete(session, email, None, "no_payment_required")
             digits = re.sub(r"[\s-]", "", card or DEFAULT_CARD)
             if not digits.isdigit() or not 12 <= len(digits) <= 19:
                 raise StripeApiError(
@@ -638,14 +688,7 @@ class StripeState:
             charge_id = new_id("ch_3")
             pm_id = new_id("pm_1")
             billing: Obj = {
-                "address": {
-                    "city": None,
-                    "country": "US",
-                    "line1": None,
-                    "line2": None,
-                    "postal_code": "10001",
-                    "state": None,
-                },
+                "address": dict(BILLING_ADDRESS),
                 "email": email,
                 "name": None,
                 "phone": None,
@@ -751,24 +794,192 @@ class StripeState:
             }
             self._session_of[pi_id] = session_id
             self._session_of[charge_id] = session_id
-            session.update(
-                {
-                    "status": "complete",
-                    "payment_status": "paid",
-                    "payment_intent": pi_id,
-                    "url": None,
-                    "customer_details": {
-                        "address": dict(billing["address"]),
-                        "email": email,
-                        "name": None,
-                        "phone": None,
-                        "tax_exempt": "none",
-                        "tax_ids": [],
-                    },
-                }
+            return self._complete(session, email, pi_id, "paid")
+
+    def _complete(
+        self, session: Obj, email: str, intent_id: str | None, payment_status: str
+    ) -> Obj:
+        """Close a session paid (or free), count its code's redemption, and send the event."""
+        session_id = session["id"]
+        promotion_id = self._session_promotion.pop(session_id, None)
+        if promotion_id is not None:
+            promotion = self.promotion_codes[promotion_id]
+            promotion["times_redeemed"] += 1
+            promotion["coupon"]["times_redeemed"] += 1
+        session.update(
+            {
+                "status": "complete",
+                "payment_status": payment_status,
+                "payment_intent": intent_id,
+                "url": None,
+                "customer_details": {
+                    "address": dict(BILLING_ADDRESS),
+                    "email": email,
+                    "name": None,
+                    "phone": None,
+                    "tax_exempt": "none",
+                    "tax_ids": [],
+                },
+            }
+        )
+        self.emit("checkout.session.completed", session, stream=session_id)
+        return session
+
+    # ----------------------------------------------------------------- promotion codes
+
+    def create_promotion_code(
+        self,
+        code: str,
+        *,
+        percent_off: Decimal | None = None,
+        amount_off: int | None = None,
+        currency: str | None = None,
+        max_redemptions: int | None = None,
+        active: bool = True,
+    ) -> Obj:
+        """Create a coupon and the customer-facing promotion code that redeems it."""
+        if not promotions.CODE_PATTERN.match(code or ""):
+            raise StripeApiError("A code is 1 to 200 letters, digits, '-' or '_'.", param="code")
+        if (percent_off is None) == (amount_off is None):
+            raise StripeApiError(
+                "Give exactly one of percent_off or amount_off.", param="percent_off"
             )
-            self.emit("checkout.session.completed", session, stream=session_id)
+        if amount_off is not None:
+            if amount_off <= 0:
+                raise StripeApiError("This value must be greater than 0.", param="amount_off")
+            currency = (currency or "").lower()
+            if not currencies.is_supported(currency):
+                raise StripeApiError("amount_off needs a supported currency.", param="currency")
+        if max_redemptions is not None and max_redemptions < 1:
+            raise StripeApiError(
+                "This value must be greater than or equal to 1.", param="max_redemptions"
+            )
+        with self.lock:
+            taken = [
+                p
+                for p in self.promotion_codes.values()
+                if p["active"] and p["code"].lower() == code.lower()
+            ]
+            if taken and active:
+                raise StripeApiError(
+                    f"An active promotion code with `code: {code}` already exists.",
+                    param="code",
+                    code="resource_already_exists",
+                )
+            created = now()
+            coupon: Obj = {
+                "id": new_id("", 8),
+                "object": "coupon",
+                "amount_off": amount_off,
+                "created": created,
+                "currency": currency if amount_off is not None else None,
+                "duration": "once",
+                "livemode": False,
+                "max_redemptions": None,
+                "metadata": {},
+                "name": None,
+                "percent_off": float(percent_off) if percent_off is not None else None,
+                "times_redeemed": 0,
+                "valid": True,
+            }
+            promotion: Obj = {
+                "id": new_id("promo_1"),
+                "object": "promotion_code",
+                "active": active,
+                "code": code,
+                "coupon": coupon,
+                "created": created,
+                "customer": None,
+                "expires_at": None,
+                "livemode": False,
+                "max_redemptions": max_redemptions,
+                "metadata": {},
+                "restrictions": {
+                    "first_time_transaction": False,
+                    "minimum_amount": None,
+                    "minimum_amount_currency": None,
+                },
+                "times_redeemed": 0,
+            }
+            self.promotion_codes[promotion["id"]] = promotion
+            return promotion
+
+    def set_promotion_code_active(self, code: str, active: bool) -> Obj:
+        """Turn a promotion code (by its code, any case) on or off."""
+        with self.lock:
+            for promotion in reversed(list(self.promotion_codes.values())):
+                if promotion["code"].lower() == code.lower():
+                    promotion["active"] = active
+                    return promotion
+            raise no_such("promotion code", code, "code")
+
+    def apply_promotion_code(self, session_id: str, code: str) -> Obj:
+        """Apply a code the buyer typed to an open session that allows codes; new totals."""
+        with self.lock:
+            session = self._open_session(session_id)
+            if not session["allow_promotion_codes"]:
+                raise StripeApiError(
+                    "This Checkout Session does not accept promotion codes.",
+                    param="promotion_code",
+                )
+            wanted = code.strip().lower()
+            found = [p for p in self.promotion_codes.values() if p["code"].lower() == wanted]
+            if not wanted or not found:
+                raise StripeApiError(
+                    "This code is invalid.", param="promotion_code", code="promotion_code_invalid"
+                )
+            # An active code wins over an old, inactive one of the same name.
+            promotion = sorted(found, key=lambda p: (p["active"], p["created"]))[-1]
+            promotions.check_redeemable(promotion, session["currency"])
+            items = self.line_items[session_id]
+            trial = copy.deepcopy(session)
+            promotions.apply_totals(
+                trial, copy.deepcopy(items), promotion["coupon"], self.tax_percent
+            )
+            promotions.check_minimum(trial)
+            self._session_promotion[session_id] = promotion["id"]
+            self._retotal(session)
             return session
+
+    def remove_promotion_code(self, session_id: str) -> Obj:
+        """Take the applied code off an open session."""
+        with self.lock:
+            session = self._open_session(session_id)
+            self._session_promotion.pop(session_id, None)
+            self._retotal(session)
+            return session
+
+    def applied_promotion_code(self, session_id: str) -> Obj | None:
+        """The promotion code applied to a session that is still open, if any."""
+        with self.lock:
+            promotion_id = self._session_promotion.get(session_id)
+            return self.promotion_codes.get(promotion_id) if promotion_id else None
+
+    def _retotal(self, session: Obj) -> None:
+        promotion = self.applied_promotion_code(session["id"])
+        coupon = promotion["coupon"] if promotion else None
+        promotions.apply_totals(session, self.line_items[session["id"]], coupon, self.tax_percent)
+        session["discounts"] = (
+            [{"coupon": coupon["id"], "promotion_code": promotion["id"]}]
+            if promotion and coupon
+            else []
+        )
+
+    def _check_applied_code(self, session: Obj) -> None:
+        """At Pay: a code deactivated or used up since it was applied comes off, and Pay fails."""
+        promotion = self.applied_promotion_code(session["id"])
+        if promotion is None:
+            return
+        try:
+            promotions.check_redeemable(promotion, session["currency"])
+        except StripeApiError:
+            self._session_promotion.pop(session["id"], None)
+            self._retotal(session)
+            raise StripeApiError(
+                f"The code {promotion['code']} is no longer available and has been removed; "
+                "check the new total.",
+                code="promotion_code_inactive",
+            ) from None
 
     # ----------------------------------------------------------------- refunds and disputes
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -62,6 +62,9 @@ def open_checkout_of(
             Job.resolution == resolution,
             Job.email == email,
             Job.currency == settings.get("CURRENCY"),
+            # A session opened before the admin turned codes or tax on or off is not reused.
+            Job.promotion_codes_allowed.is_(bool(settings.get("PROMOTION_CODES"))),
+            Job.automatic_tax.is_(bool(settings.get("STRIPE_AUTOMATIC_TAX"))),
             Job.stripe_checkout_session_id.is_not(None),
             Job.checkout_expires_at > utcnow() + REUSE_MARGIN,
         )
@@ -95,7 +98,7 @@ def create_checkout(
     offer = offer_for(attachment, resolution)
     if not offer.available:
         raise ValueError(offer.unavailable_reason)
-    job = _new_job(attachment, resolution, email, offer.quote, config["CURRENCY"])
+    job = _new_job(attachment, resolution, email, offer.quote, config)
     funnel.record(
         funnel.CHECKOUT_STARTED,
         post_id=attachment.post_id,
@@ -125,7 +128,7 @@ def create_checkout(
 
 
 def _new_job(
-    attachment: Attachment, resolution: str, email: str, quote: Quote, currency: str
+    attachment: Attachment, resolution: str, email: str, quote: Quote, config: Mapping[str, Any]
 ) -> Job:
     job = Job(
         job_id=str(uuid.uuid4()),
@@ -138,10 +141,14 @@ def _new_job(
         email=email,
         status="awaiting_payment",
         payment_status="pending",
+        # The price until Stripe says what it charged (a discount or tax changes it then).
         amount_charged=quote.price,
+        amount_subtotal=quote.price,
         amount_cost=quote.cost.quantize(Decimal("0.01")),
         credits_used=quote.credits,
-        currency=currency,
+        currency=config["CURRENCY"],
+        promotion_codes_allowed=bool(config["PROMOTION_CODES"]),
+        automatic_tax=bool(config["STRIPE_AUTOMATIC_TAX"]),
     )
     db.session.add(job)
     return job
@@ -150,7 +157,8 @@ def _new_job(
 def _session_params(
     job: Job, attachment: Attachment, quote: Quote, expires_at: dt.datetime
 ) -> dict[str, Any]:
-    """What Stripe is asked for: one line item at the server's price, the job's id everywhere."""
+    """What Stripe is asked for: one line item at the server's price, the job's id everywhere;
+    promotion codes and automatic tax (on top of the price) as the job was opened with."""
     base = current_app.config["PUBLIC_BASE_URL"]
     title = attachment.title or attachment.original_filename
     params: dict[str, Any] = {
@@ -177,6 +185,11 @@ def _session_params(
     }
     if job.email:
         params["customer_email"] = job.email
+    if job.promotion_codes_allowed:
+        params["allow_promotion_codes"] = True
+    if job.automatic_tax:
+        params["automatic_tax"] = {"enabled": True}
+        params["line_items"][0]["price_data"]["tax_behavior"] = "exclusive"
     return params
 
 

@@ -42,6 +42,7 @@ KINDS = {
     "ready": EmailKind("Your high-resolution image is ready", "ready"),
     "link": EmailKind("A fresh download link for your image", "ready"),
     "failed": EmailKind("We couldn't process your image: you have been refunded", "failed"),
+    "failed_free": EmailKind("We couldn't process your image", "failed"),
     "refunded": EmailKind("We've refunded your order", "refunded"),
     "admin_alert": EmailKind("[Sell My Images] A paid job failed", "admin_alert", to_admin=True),
     "cost_alert": EmailKind(

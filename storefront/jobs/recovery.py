@@ -165,6 +165,7 @@ def _retry_refunds(now: dt.datetime, report: SweepReport) -> None:
         Job.payment_status == "paid",
         Job.refunded_at.is_(None),
         Job.failed_at < now - QUEUE_GRACE,
+        Job.amount_charged > 0,  # a free order (a promotion code) has nothing to refund
     ):
         if refund_failed_job(job_id) == "refunded":
             report.refunds.append(job_id)

@@ -140,6 +140,14 @@ def refund_failed_job(job_id: str) -> str:
         return "not failed"
     if job.payment_status != "paid" or job.refunded_at is not None:
         return "nothing to refund"
+    if not job.stripe_payment_intent_id and not job.amount_charged:
+        # A promotion code made the order free: Stripe took no payment, there is none to refund.
+        record_event(job_id, "refund_skipped", "nothing was charged for this order")
+        transactions.commit(
+            lambda: enqueue_email("failed_free", job_id),
+            lambda: enqueue_email("admin_alert", job_id),
+        )
+        return "nothing charged"
     try:
         refund_job(
             job,

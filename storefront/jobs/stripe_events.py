@@ -117,16 +117,65 @@ def _note_foreign_session(session: dict[str, Any]) -> Outcome:
     return Outcome(note="session is not the job's")
 
 
-def _amount_mismatch(job: Job, session: dict[str, Any]) -> str | None:
-    """Why the session's total does not pay for the job, or None when it does."""
-    expected = to_minor_units(job.amount_charged or Decimal(0), job.currency)
-    paid_amount = session.get("amount_total")
+@dataclass(frozen=True)
+class Charged:
+    """What a session charged for its job: the price, less a discount, plus tax (job currency)."""
+
+    subtotal: Decimal
+    discount: Decimal
+    tax: Decimal
+    total: Decimal
+
+
+def _minor(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _session_charge(job: Job, session: dict[str, Any]) -> Charged | str:
+    """What the session charged, if its own totals pay for the job; else why not.
+
+    The subtotal must be the job's price and the total subtotal − discount + tax, a discount only
+    if the job's session allowed promotion codes and tax only if it had automatic tax.
+    """
+    price = job.amount_subtotal if job.amount_subtotal is not None else job.amount_charged
+    expected = to_minor_units(price or Decimal(0), job.currency)
+    total = _minor(session.get("amount_total"))
+    subtotal = _minor(session.get("amount_subtotal", total))
+    details = session.get("total_details") or {}
+    discount = _minor(details.get("amount_discount") or 0)
+    tax = _minor(details.get("amount_tax") or 0)
     paid_currency = str(session.get("currency") or "").lower()
-    if paid_amount == expected and paid_currency == job.currency:
-        return None
-    return (
-        f"Stripe reports {paid_amount} {paid_currency}, the job expects {expected} "
-        f"{job.currency}; not fulfilled. Check the payment and refund it if needed."
+
+    def refused(why: str = "", expects: int = expected) -> str:
+        return (
+            f"Stripe reports {session.get('amount_total')} {paid_currency}, the job expects "
+            f"{expects} {job.currency}{why}; not fulfilled. Check the payment and refund it if "
+            "needed."
+        )
+
+    if total is None or subtotal is None or discount is None or tax is None:
+        return refused()
+    if paid_currency != job.currency:
+        return refused()
+    if subtotal != expected:
+        return refused(f" (a subtotal of {subtotal}, not the price)")
+    if not 0 <= discount <= subtotal or tax < 0:
+        return refused(f" (a discount of {discount} and tax of {tax} cannot be)")
+    if discount and not job.promotion_codes_allowed:
+        return refused(f" (a discount of {discount}, but promotion codes were off for this order)")
+    if tax and not job.automatic_tax:
+        return refused(f" (tax of {tax}, but automatic tax was off for this order)")
+    if total != subtotal - discount + tax:
+        return refused(
+            f" (a subtotal of {subtotal}, a discount of {discount} and tax of {tax})",
+            subtotal - discount + tax,
+        )
+    currency = job.currency
+    return Charged(
+        subtotal=from_minor_units(subtotal, currency),
+        discount=from_minor_units(discount, currency),
+        tax=from_minor_units(tax, currency),
+        total=from_minor_units(total, currency),
     )
 
 
@@ -144,8 +193,9 @@ def fulfil_checkout_session(session: dict[str, Any]) -> Outcome:
         return _note_foreign_session(session)
     if job.status not in ("awaiting_payment", "abandoned"):
         return Outcome(note=f"already {job.status}")
-    mismatch = _amount_mismatch(job, session)
-    if mismatch:
+    charged = _session_charge(job, session)
+    if isinstance(charged, str):
+        mismatch = charged
         if job.error_message != mismatch:
             transition(job.job_id, [job.status or ""], error_message=mismatch)
             record_event(job.job_id, "amount_mismatch", mismatch)
@@ -162,6 +212,10 @@ def fulfil_checkout_session(session: dict[str, Any]) -> Outcome:
         stripe_payment_intent_id=_intent_id(session.get("payment_intent")),
         email=job.email or str(details.get("email") or session.get("customer_email") or ""),
         error_message=None,
+        amount_charged=charged.total,
+        amount_subtotal=charged.subtotal,
+        amount_discount=charged.discount,
+        amount_tax=charged.tax,
     )
     if not changed:
         return Outcome(note="another request fulfilled it first")
@@ -172,8 +226,13 @@ def fulfil_checkout_session(session: dict[str, Any]) -> Outcome:
         job_id=job.job_id,
         user_agent=None,
     )
+    breakdown = ""
+    if charged.discount or charged.tax:
+        breakdown = f" (price {charged.subtotal}, discount {charged.discount}, tax {charged.tax})"
     record_event(
-        job.job_id, "paid", f"{job.amount_charged} {job.currency}, session {session.get('id')}"
+        job.job_id,
+        "paid",
+        f"{charged.total} {job.currency}{breakdown}, session {session.get('id')}",
     )
     metrics.count_on_commit(metrics.PAYMENTS, resolution=job.resolution)
     # The email is written down in this transaction: one commit less than a transaction of its own.
@@ -199,7 +258,7 @@ def settle_session(session: dict[str, Any], abandon_reason: str) -> Outcome:
 
     A session still open is left alone (the buyer may yet pay).
     """
-    if session.get("payment_status") == "paid":
+    if session.get("payment_status") in PAID_SESSION_STATES:
         outcome = fulfil_checkout_session(session)
     elif session.get("status") in ("expired", "complete") or session.get("status") is None:
         outcome = abandon_checkout_session(session, abandon_reason)

@@ -1,5 +1,10 @@
-"""The dashboard's figures: revenue (the seed's query, net of refunds), cost and margin, jobs by
-status, the upscale queue, recent failures, the funnel, and the best-selling posts and images.
+"""The dashboard's figures: revenue (the seed's query, net of tax and refunds), cost and margin,
+jobs by status, the upscale queue, recent failures, the funnel, and the best-selling posts and
+images.
+
+Revenue is what buyers paid (amount_charged, after any discount), less the tax in it, less
+refunds. A refund of a taxed order returns tax and price in the proportion they were charged:
+the tax kept is amount_tax × (charged − refunded) / charged, so a full refund keeps no tax.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from flask import Flask, current_app
 from redis.exceptions import RedisError
 from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 
 from storefront import funnel
 from storefront.extensions import db
@@ -35,6 +40,19 @@ def _money(value: Any) -> Decimal:
     if value is None:
         return ZERO
     return Decimal(str(value)).quantize(Decimal("0.01"))
+
+
+def _tax_kept() -> Any:
+    """The tax left in a job's payment after its refunds (refunds return tax pro rata)."""
+    charged = func.coalesce(Job.amount_charged, 0)
+    # × 1.0 first: SQLite stores whole amounts as integers and would divide them as integers.
+    kept = func.coalesce(Job.amount_tax, 0) * 1.0 * (charged - func.coalesce(Job.refund_amount, 0))
+    return case((charged > 0, kept / charged), else_=0)
+
+
+def _net_revenue() -> Any:
+    """A job's revenue: what was charged, less refunds, less the tax kept."""
+    return func.coalesce(Job.amount_charged, 0) - func.coalesce(Job.refund_amount, 0) - _tax_kept()
 
 
 def _day(value: Any) -> dt.date:
@@ -85,16 +103,18 @@ class DayRevenue:
     charged: Decimal
     refunded: Decimal
     cost: Decimal
+    tax: Decimal = ZERO  # the tax in what was charged and not refunded
 
     @property
     def revenue(self) -> Decimal:
-        """What was charged, net of refunds."""
-        return self.charged - self.refunded
+        """What was charged, net of tax and refunds."""
+        return self.charged - self.refunded - self.tax
 
 
 def revenue_by_day(since: dt.datetime, until: dt.datetime) -> list[DayRevenue]:
-    """The seed's revenue query: SUM(amount_charged) − SUM(refund_amount) over paid and refunded
-    jobs, grouped by the day they were created, with counts. Days without sales are left out.
+    """The seed's revenue query: SUM(amount_charged) − SUM(refund_amount), less the tax kept, over
+    paid and refunded jobs, grouped by the day they were created, with counts. Days without sales
+    are left out.
     """
     day = func.date(Job.created_at)
     rows = db.session.execute(
@@ -104,6 +124,7 @@ def revenue_by_day(since: dt.datetime, until: dt.datetime) -> list[DayRevenue]:
             func.sum(Job.amount_charged),
             func.sum(func.coalesce(Job.refund_amount, 0)),
             func.sum(func.coalesce(Job.amount_cost, 0)),
+            func.sum(_tax_kept()),
         )
         .where(
             Job.payment_status.in_(REVENUE_STATUSES),
@@ -114,8 +135,8 @@ def revenue_by_day(since: dt.datetime, until: dt.datetime) -> list[DayRevenue]:
         .order_by(day)
     ).all()
     return [
-        DayRevenue(_day(d), int(n), _money(charged), _money(refunded), _money(cost))
-        for d, n, charged, refunded, cost in rows
+        DayRevenue(_day(d), int(n), _money(charged), _money(refunded), _money(cost), _money(tax))
+        for d, n, charged, refunded, cost, tax in rows
     ]
 
 
@@ -128,11 +149,12 @@ class Totals:
     refunded: Decimal = ZERO
     cost: Decimal = ZERO
     completed_jobs: int = 0
+    tax: Decimal = ZERO
 
     @property
     def revenue(self) -> Decimal:
-        """Charged, net of refunds."""
-        return self.charged - self.refunded
+        """Charged, net of tax and refunds."""
+        return self.charged - self.refunded - self.tax
 
     @property
     def margin(self) -> Decimal:
@@ -237,7 +259,7 @@ def top_sellers(
     since: dt.datetime, until: dt.datetime, limit: int = 5
 ) -> tuple[list[TopSeller], list[TopSeller]]:
     """The posts and the images that brought in most in the range, from one pass over the jobs."""
-    revenue = func.sum(Job.amount_charged - func.coalesce(Job.refund_amount, 0))
+    revenue = func.sum(_net_revenue())
     rows = db.session.execute(
         select(Job.post_id, Job.attachment_id, func.count(), revenue)
         .where(
@@ -433,6 +455,7 @@ def build_dashboard(app: Flask, date_range: DateRange, now: dt.datetime | None =
         charged=sum((d.charged for d in days), ZERO),
         refunded=sum((d.refunded for d in days), ZERO),
         cost=sum((d.cost for d in days), ZERO),
+        tax=sum((d.tax for d in days), ZERO),
         completed_jobs=next(step.count for step in steps if step.label == "Completed"),
     )
     by_day: Mapping[dt.date, DayRevenue] = {d.day: d for d in days}
