@@ -1,7 +1,7 @@
 """discounts and tax through Stripe Checkout: what Stripe charged, beside amount_charged
 
-Revision ID: 0009_discounts_and_tax
-Revises: 0008_funnel_buffer_id
+Revision ID: 0010_discounts_and_tax
+Revises: 0009_catalog_updated_at
 Create Date: 2026-12-02 04:00:00
 
 """
@@ -11,8 +11,8 @@ import sqlalchemy as sa
 
 
 # revision identifiers, used by Alembic.
-revision = "0009_discounts_and_tax"
-down_revision = "0008_funnel_buffer_id"
+revision = "0010_discounts_and_tax"
+down_revision = "0009_catalog_updated_at"
 branch_labels = None
 depends_on = None
 
