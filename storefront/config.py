@@ -203,6 +203,8 @@ SETTINGS: tuple[Setting, ...] = (
     # Operable in production (D): the system page's alerts to ADMIN_EMAIL
     Setting("ALERT_QUEUE_MINUTES", int, 30, 1, 1440, help="alert: a paid job waits this long"),
     Setting("ALERT_WORKER_MINUTES", int, 10, 1, 1440, help="alert: no worker heartbeat this long"),
+    # For buyers (issue 14, part 2): "My orders" sign-in links
+    Setting("MY_ORDERS_PER_HOUR", int, 5, 1, 1000, help="sign-in links per email per hour"),
 )
 SETTINGS_BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
 EDITABLE_NAMES: frozenset[str] = frozenset(s.name for s in SETTINGS if s.editable)
