@@ -23,7 +23,7 @@ def normalise_email(email: str) -> str:
     return email.strip().lower()
 
 
-def _orders_where(email: str) -> Select[tuple[Job]]:
+def _orders_where(email: str) -> Select[Job]:
     email = normalise_email(email)
     return select(Job).where(
         db.func.lower(Job.email) == email,

@@ -139,7 +139,7 @@ def signed_in_email(session_id: int) -> str | None:
 
 
 def sign_out(session_id: int) -> None:
-    """End a session: its cookie, should it be kept or copied, no longer signs anyone in; commits."""
+    """End a session: its cookie, kept or copied, signs no one in any more; commits."""
     db.session.execute(
         update(BuyerSignIn)
         .where(BuyerSignIn.id == session_id, BuyerSignIn.signed_out_at.is_(None))

@@ -7,11 +7,9 @@ from typing import Any
 
 from flask import (
     Blueprint,
-    Response,
     abort,
     current_app,
     flash,
-    g,
     make_response,
     redirect,
     render_template,
@@ -22,6 +20,7 @@ from flask.typing import ResponseReturnValue
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from werkzeug.wrappers import Response
 
 from storefront import settings
 from storefront.buyers.orders import FreshLink, email_fresh_link, normalise_email, orders_of
@@ -43,6 +42,7 @@ from storefront.web.forms import ButtonForm, FreshLinkForm, MyOrdersForm
 bp = Blueprint("my_orders", __name__)
 
 COOKIE = "smi_my_orders"
+ENVIRON_KEY = "smi.my_orders_email"
 TOO_MANY_LINKS = lazy_gettext(
     "That's a lot of requests for sign-in links. Please wait an hour and try again."
 )
@@ -70,11 +70,13 @@ def _session_id() -> int | None:
 
 def signed_in_buyer() -> str | None:
     """The email address this browser is signed in to My orders with, if it is (once a request)."""
-    if "my_orders_email" not in g:
+    # Kept in the request's environ rather than `g`: an app context may outlive one request.
+    if ENVIRON_KEY not in request.environ:
         session_id = _session_id()
-        g.my_orders_email = signed_in_email(session_id) if session_id is not None else None
-    email: str | None = g.my_orders_email
-    return email
+        email = signed_in_email(session_id) if session_id is not None else None
+        request.environ[ENVIRON_KEY] = email
+    found: str | None = request.environ[ENVIRON_KEY]
+    return found
 
 
 def may_see(job: Job) -> bool:
