@@ -46,16 +46,14 @@ def sign_in_token(outbox_id: int, email: str, expires_at: dt.datetime) -> str:
     return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
 
 
-def request_sign_in(email: str) -> bool:
-    """Write a sign-in link and its email for `email`, if any paid order was placed with it.
+def request_sign_in(email: str) -> None:
+    """Write a sign-in link and its email for `email`; commits, then hands the email to RQ.
 
-    Addresses without orders get no email (the shop writes to no one it does not know); the
-    caller answers the same either way. Commits, then hands the email to RQ.
+    The same work for every address: whether it has orders is the email task's question
+    (`deliver_sign_in_email`), so neither the answer nor its timing tells anyone. An address
+    without orders gets no email, and its link, never sent, signs no one in.
     """
     email = normalise_email(email)
-    if not has_orders(email):
-        transactions.rollback()
-        return False
     outbox_id = outbox.add(EMAIL_KIND, OUTBOX_SUBJECT, once=False)
     assert outbox_id is not None  # not once-only: the insert always writes
     expires_at = (utcnow() + LINK_LIFETIME).replace(microsecond=0)
@@ -70,7 +68,6 @@ def request_sign_in(email: str) -> bool:
     )
     transactions.commit(lambda: hand_over(outbox_id))
     log.info("my-orders sign-in link written, outbox=%s", outbox_id)
-    return True
 
 
 class LinkState(Enum):
@@ -150,8 +147,9 @@ def sign_out(session_id: int) -> None:
 
 
 def deliver_sign_in_email(outbox_id: int) -> str:
-    """Send the sign-in email of an outbox row (an RQ task); nothing if it was dealt with, or if its
-    link expired or was used meanwhile. SMTP errors propagate, so RQ retries."""
+    """Send the sign-in email of an outbox row (an RQ task); nothing if it was dealt with, if its
+    link expired or was used meanwhile, or if no paid order was placed with its address. SMTP
+    errors propagate, so RQ retries."""
     if not outbox.is_pending(outbox_id):
         return "already sent"
     row = db.session.scalar(select(BuyerSignIn).where(BuyerSignIn.outbox_id == outbox_id))
@@ -159,6 +157,9 @@ def deliver_sign_in_email(outbox_id: int) -> str:
         return _done(outbox_id, "unknown sign-in link")
     if row.used_at is not None or row.expires_at <= utcnow():
         return _done(outbox_id, "the link expired before it was sent")
+    if not has_orders(row.email):
+        # The shop writes to no one it does not know: the form cannot send mail to strangers.
+        return _done(outbox_id, "no orders for this address")
     token = sign_in_token(outbox_id, row.email, row.expires_at)
     if token_digest(token) != row.token_hash:
         return _done(outbox_id, "the secret key changed: the link can't be written")

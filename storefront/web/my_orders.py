@@ -3,6 +3,7 @@ placed with it, without an account."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from flask import (
@@ -98,13 +99,9 @@ def _ask_page(form: MyOrdersForm, status: int = 200, **context: Any) -> Response
     return _private(make_response(body, status), token="state" in context)
 
 
-def _per_email() -> str:
-    return f"{int(settings.get('MY_ORDERS_PER_HOUR'))}/hour"
-
-
-def _per_client() -> str:
-    # Several buyers can share an address (an office, a phone network): it gets more room.
-    return f"{int(settings.get('MY_ORDERS_PER_HOUR')) * 4}/hour"
+def _hourly(setting: str, times: int = 1) -> Callable[[], str]:
+    """A limit of `times` the setting's value per hour, read when a request is counted."""
+    return lambda: f"{int(settings.get(setting)) * times}/hour"
 
 
 @bp.get("/my-orders")
@@ -134,11 +131,12 @@ def index() -> ResponseReturnValue:
 
 @bp.post("/my-orders")
 @limiter.limit(
-    _per_email,
+    _hourly("MY_ORDERS_PER_HOUR"),
     key_func=lambda: email_limit_key(request.form.get("email") or ""),
     error_message=TOO_MANY_LINKS,
 )
-@limiter.limit(_per_client, error_message=TOO_MANY_LINKS)
+# Several buyers can share an address (an office, a phone network): it gets more room.
+@limiter.limit(_hourly("MY_ORDERS_PER_HOUR", 4), error_message=TOO_MANY_LINKS)
 def ask() -> ResponseReturnValue:
     """Email a sign-in link if orders were placed with the address; the answer is the same either
     way. Limited to MY_ORDERS_PER_HOUR per address asked about, and four times that per client."""
@@ -186,7 +184,6 @@ def sign_in(token: str) -> ResponseReturnValue:
 @bp.post("/my-orders/sign-out")
 def sign_out_view() -> ResponseReturnValue:
     """Sign out: the session ends on the server too, so a copy of the cookie is worth nothing."""
-    ButtonForm()  # CSRFProtect has checked its token before the view
     session_id = _session_id()
     if session_id is not None:
         sign_out(session_id)
@@ -201,19 +198,11 @@ def _fresh_link_email_key() -> str:
     return email_limit_key(email) if email else "email:signed-out"
 
 
-def _fresh_links_per_email() -> str:
-    return f"{int(settings.get('RESEND_PER_HOUR'))}/hour"
-
-
-def _fresh_links_per_client() -> str:
-    return f"{int(settings.get('RESEND_PER_HOUR')) * 4}/hour"
-
-
 @bp.post("/my-orders/fresh-link")
 @limiter.limit(
-    _fresh_links_per_email, key_func=_fresh_link_email_key, error_message=TOO_MANY_FRESH_LINKS
+    _hourly("RESEND_PER_HOUR"), key_func=_fresh_link_email_key, error_message=TOO_MANY_FRESH_LINKS
 )
-@limiter.limit(_fresh_links_per_client, error_message=TOO_MANY_FRESH_LINKS)
+@limiter.limit(_hourly("RESEND_PER_HOUR", 4), error_message=TOO_MANY_FRESH_LINKS)
 def fresh_link() -> ResponseReturnValue:
     """Mail a fresh download link for one of the signed-in buyer's orders, as the fresh-link form
     does (limited by RESEND_PER_HOUR as it is); another buyer's order is a 404."""
