@@ -20,11 +20,12 @@ from devservers.smtp_sink import SinkHandler, html_of, text_of
 from storefront.buyers.orders import has_orders, orders_of
 from storefront.buyers.sign_in import request_sign_in, sign_in_token
 from storefront.extensions import db
+from storefront.jobs.recovery import sweep
 from storefront.models import BuyerSignIn, EmailOutbox, utcnow
 from storefront.web.my_orders import COOKIE
 from tests.admin_helpers import completed_job, csrf_app, csrf_token, fresh, text  # noqa: F401
 from tests.factories import make_attachment, make_job
-from tests.test_outbox import _send_queued_emails
+from tests.test_outbox import _redis_back, _redis_down, _send_queued_emails
 
 SIGN_IN_LINK = re.compile(r"http://shop\.test/my-orders/([0-9a-f]{64})")
 DOWNLOAD_LINK = re.compile(r"/download/([0-9a-f]{64})")
@@ -137,6 +138,24 @@ def test_the_form_answers_the_same_and_mails_only_an_address_with_orders(
     assert len(_sign_in_rows()) == 2  # the same work for both addresses
 
 
+def test_a_link_asked_for_while_redis_is_down_is_mailed_once_it_is_back(
+    app: Flask, client: FlaskClient, smtp_sink: SinkHandler, redis_url: str
+) -> None:
+    completed_job(app, email="ana@example.com", email_sent=True)
+    _redis_down(app)
+    assert _ask(client, "ana@example.com").status_code == 200
+    (row,) = _sign_in_rows()
+    outbox = db.session.get(EmailOutbox, row.outbox_id)
+    assert outbox is not None and outbox.handed_at is None
+    _redis_back(app)
+    assert sweep(now=utcnow() + dt.timedelta(minutes=5)).emails == ["my-orders"]
+    _send_queued_emails(app, redis_url)
+    (mail,) = smtp_sink.wait_for(1, timeout=10)
+    found = SIGN_IN_LINK.search(text_of(mail))
+    assert found is not None
+    assert client.post(f"/my-orders/{found.group(1)}").status_code == 303
+
+
 def test_a_bad_address_gets_a_400_and_writes_nothing(app: Flask, client: FlaskClient) -> None:
     completed_job(app, email="ana@example.com")
     for value in ("", "not-an-address", "a" * 250 + "@example.com"):
@@ -184,6 +203,9 @@ def test_the_mailed_link_signs_in_once_and_its_get_changes_nothing(
         assert again.status_code == 410 and "This sign-in link has been used" in text(again)
         assert 'action="/my-orders"' in again.get_data(as_text=True)
     assert app.test_client().get(f"/my-orders/{token}").status_code == 410
+    # The signed-in buyer opening the mail's link again simply gets their orders.
+    reopened = browser.get(f"/my-orders/{token}")
+    assert reopened.status_code == 303 and reopened.headers["Location"] == "/my-orders"
 
 
 def test_two_clicks_at_once_sign_in_once(app: Flask) -> None:

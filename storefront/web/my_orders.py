@@ -155,6 +155,8 @@ def link(token: str) -> ResponseReturnValue:
     would use up a one-time link.
     """
     state = link_state(token)
+    if state is LinkState.USED and signed_in_buyer() is not None:
+        return redirect(url_for("my_orders.index"), 303)  # the mail's link opened again
     if state is not LinkState.VALID:
         return _ask_page(MyOrdersForm(), LINK_STATUS[state], state=state.value)
     body = render_template("my_orders/sign_in.html", form=ButtonForm())
