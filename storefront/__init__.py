@@ -148,6 +148,7 @@ def _register_blueprints(app: Flask) -> None:
     from storefront.web.downloads import bp as downloads_bp
     from storefront.web.health import bp as health_bp
     from storefront.web.media import bp as media_bp
+    from storefront.web.my_orders import bp as my_orders_bp
     from storefront.web.orders import bp as orders_bp
     from storefront.web.seo import bp as seo_bp
     from storefront.web.shop import bp as shop_bp
@@ -162,6 +163,7 @@ def _register_blueprints(app: Flask) -> None:
     app.register_blueprint(downloads_bp)
     app.register_blueprint(media_bp)
     app.register_blueprint(seo_bp)
+    app.register_blueprint(my_orders_bp)
 
 
 def _install_metrics(app: Flask) -> None:

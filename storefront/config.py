@@ -214,6 +214,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "STRIPE_AUTOMATIC_TAX", _bool, False, help="Stripe Tax on top of prices", editable=True
     ),
+    # For buyers (issue 14, part 2): "My orders" sign-in links
+    Setting("MY_ORDERS_PER_HOUR", int, 5, 1, 1000, help="sign-in links per email per hour"),
 )
 SETTINGS_BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
 EDITABLE_NAMES: frozenset[str] = frozenset(s.name for s in SETTINGS if s.editable)

@@ -283,6 +283,28 @@ class EmailOutbox(db.Model):  # type: ignore[name-defined]
     outcome: Mapped[str | None] = mapped_column(String(200))
 
 
+class BuyerSignIn(db.Model):  # type: ignore[name-defined]
+    """A "My orders" sign-in link asked for by email, and once used the buyer's session.
+
+    Only the SHA-256 of the link's token is kept; the token itself is derived from the secret key
+    and the row's outbox email (`storefront.buyers.sign_in`), so the email's task can write it.
+    """
+
+    __tablename__ = "buyer_sign_ins"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    # Lower-cased and stripped: matched against smi_jobs.email case-insensitively.
+    email: Mapped[str] = mapped_column(String(255), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The outbox row of the email that carries the link.
+    outbox_id: Mapped[int] = mapped_column(BigInteger, unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    # Set once, by the one conditional UPDATE that signs the buyer in.
+    used_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    signed_out_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
 # The admin area: its accounts, sign-in throttling, settings and audit log.
 
 

@@ -18,9 +18,10 @@ from sqlalchemy import select
 
 from devservers.stripe_local import LocalStripe
 from storefront import PROJECT_ROOT
+from storefront.buyers.sign_in import request_sign_in, sign_in_token
 from storefront.extensions import db
 from storefront.jobs.delivery import token_digest
-from storefront.models import Job
+from storefront.models import BuyerSignIn, Job
 from tests import admin_helpers
 from tests.admin_helpers import ADMIN_EMAIL, ADMIN_PASSWORD, completed_job
 from tests.conftest import LiveApp
@@ -43,6 +44,7 @@ class Shop:
     post_slug: str
     image_id: int
     order_ids: dict[str, str]  # state → job id; each job's session id is `cs_test_<state>`
+    sign_in_token: str  # a "My orders" link for the orders' address
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,17 @@ def _ask_fresh_link(page: Any) -> None:
     page.get_by_role("status").wait_for()
 
 
+def _ask_my_orders(page: Any) -> None:
+    page.get_by_label(re.compile("Email")).fill("buyer@example.com")
+    page.get_by_role("button", name=re.compile("sign-in link", re.I)).click()
+    page.get_by_role("status").wait_for()
+
+
+def _sign_in(page: Any) -> None:
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Sign out").wait_for()
+
+
 # One line per page.
 BUYER_PAGES = [
     Audited("catalog", lambda shop: "/"),
@@ -89,7 +102,10 @@ BUYER_PAGES = [
     Audited("fresh link form", lambda shop: "/download/resend"),
     Audited("fresh link sent", lambda shop: "/download/resend", before=_ask_fresh_link),
     Audited("not found", lambda shop: "/no-such-page", 404),
-    # At merge, once /my-orders is there: Audited("my orders", lambda shop: "/my-orders"),
+    Audited("my orders", lambda shop: "/my-orders"),
+    Audited("my orders, link sent", lambda shop: "/my-orders", before=_ask_my_orders),
+    Audited("my orders, sign in", lambda shop: f"/my-orders/{shop.sign_in_token}"),
+    Audited("my orders, list", lambda shop: f"/my-orders/{shop.sign_in_token}", before=_sign_in),
 ]
 ADMIN_PAGES = [
     Audited("dashboard", lambda shop: "/admin/"),
@@ -122,7 +138,11 @@ def _shop(app: Flask) -> Shop:
         job = db.session.scalars(select(Job).where(Job.job_id == job_id)).one()
         job.stripe_checkout_session_id = f"cs_test_{state}"
     db.session.commit()
-    return Shop(post.slug, image.id, orders)
+    request_sign_in("buyer@example.com")
+    row = db.session.scalars(select(BuyerSignIn).order_by(BuyerSignIn.id.desc())).first()
+    assert row is not None
+    token = sign_in_token(row.outbox_id, row.email, row.expires_at)
+    return Shop(post.slug, image.id, orders, token)
 
 
 def axe_violations(page: Any) -> list[str]:

@@ -237,11 +237,17 @@ def _mimetype(suffix: str) -> str:
 TOO_MANY_RESENDS = "That's a lot of requests for fresh links. Please wait an hour and try again."
 
 
-def _resend_email_key() -> str:
-    """The email address asked about, lower-cased, as an HMAC: the limiter never stores it."""
-    email = (request.form.get("email") or "").strip().lower()
+def email_limit_key(email: str) -> str:
+    """An email address, lower-cased, as the key of a rate limit: an HMAC, so that the limiter
+    never stores the address."""
     secret = str(current_app.config["SECRET_KEY"]).encode()
-    return "email:" + hmac.new(secret, email.encode(), hashlib.sha256).hexdigest()
+    normalised = email.strip().lower()
+    return "email:" + hmac.new(secret, normalised.encode(), hashlib.sha256).hexdigest()
+
+
+def _resend_email_key() -> str:
+    """The email address the form asks about, as the key of a rate limit."""
+    return email_limit_key(request.form.get("email") or "")
 
 
 def _resends_per_email() -> str:

@@ -11,6 +11,7 @@ from storefront.jobs.state import get_job
 from storefront.jobs.stripe_events import confirm_return
 from storefront.models import Job
 from storefront.web.forms import ResendForm
+from storefront.web.my_orders import may_see
 
 bp = Blueprint("orders", __name__)
 
@@ -36,7 +37,8 @@ def _authorised_job(job_id: str) -> Job:
     if job is None:
         abort(404)
     session_id = request.args.get("session_id", "")
-    owns = job.job_id in session.get("orders", [])
+    # This browser bought it, or is signed in to My orders with the order's email address.
+    owns = job.job_id in session.get("orders", []) or may_see(job)
     came_back = bool(session_id) and session_id == job.stripe_checkout_session_id
     if not (owns or came_back):
         # The same answer as for an unknown id: a job id alone reveals nothing.
