@@ -1,0 +1,192 @@
+"""Before/after samples: the region shown, the worker that makes them, the URLs and the page."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Callable
+
+import pytest
+import pyvips
+from flask import Flask
+from flask.testing import FlaskClient
+from PIL import Image
+from rq import Queue
+from sqlalchemy import select
+
+from storefront import create_app
+from storefront.extensions import db
+from storefront.jobs.samples import region_size
+from storefront.models import Attachment, ImageSample
+from storefront.queues import SAMPLES_QUEUE, redis_connection
+from storefront.storage import backend
+from tests.conftest import WorkerProcess, wait_until
+from tests.factories import make_attachment
+from worker.samples import Region, choose_region
+
+WIDTH, HEIGHT = 1600, 1200
+PATCH = (1100, 200, 200, 200)  # left, top, width, height of the one textured area
+
+
+def _flat_with_textured_patch() -> pyvips.Image:
+    """A flat grey picture with one square of fine noise: the only detail in it."""
+    flat = pyvips.Image.black(WIDTH, HEIGHT) + 128
+    left, top, width, height = PATCH
+    noise = pyvips.Image.gaussnoise(width, height, sigma=60, mean=128)
+    return flat.insert(noise, left, top).cast("uchar").copy(interpretation="b-w")
+
+
+def _overview(image: pyvips.Image) -> pyvips.Image:
+    return image.resize(512 / max(image.width, image.height))
+
+
+def _inside(region: Region, width: int, height: int) -> bool:
+    return (
+        region.left >= 0
+        and region.top >= 0
+        and region.left + region.width <= width
+        and region.top + region.height <= height
+    )
+
+
+def test_the_region_lands_on_the_textured_area() -> None:
+    image = _flat_with_textured_patch()
+    size = region_size(WIDTH, HEIGHT, 4)
+    assert size == (256, 256)
+    region = choose_region(_overview(image), (WIDTH, HEIGHT), size)
+    left, top, width, height = PATCH
+    # The 256-pixel region holds the whole 200-pixel patch (give or take the overview's scale).
+    assert region.left <= left + 4 and region.left + region.width >= left + width - 4
+    assert region.top <= top + 4 and region.top + region.height >= top + height - 4
+    assert (region.width, region.height) == size
+
+
+def test_the_owners_focus_point_wins() -> None:
+    image = _flat_with_textured_patch()
+    region = choose_region(_overview(image), (WIDTH, HEIGHT), (256, 256), focus=(0.1, 0.5))
+    assert region == Region(160 - 128, 600 - 128, 256, 256)
+
+
+@pytest.mark.parametrize(
+    ("width", "height"), [(1600, 1200), (5000, 300), (300, 5000), (640, 480), (9, 4), (4, 4)]
+)
+@pytest.mark.parametrize("factor", [4, 8])
+@pytest.mark.parametrize("focus", [None, (0.0, 0.0), (1.0, 1.0), (0.99, 0.01)])
+def test_a_region_is_at_most_a_sixteenth_and_inside_the_image(
+    width: int, height: int, factor: int, focus: tuple[float, float] | None
+) -> None:
+    size = region_size(width, height, factor)
+    assert 16 * size[0] * size[1] <= width * height
+    assert max(size) * factor <= 1024
+    overview = pyvips.Image.gaussnoise(min(width, 512), min(height, 512)).cast("uchar")
+    region = choose_region(overview, (width, height), size, focus)
+    assert (region.width, region.height) == size
+    assert _inside(region, width, height)
+
+
+def _samples_of(attachment_id: int) -> list[ImageSample]:
+    db.session.rollback()  # a fresh transaction sees what the worker committed
+    return list(
+        db.session.scalars(
+            select(ImageSample)
+            .where(ImageSample.attachment_id == attachment_id)
+            .order_by(ImageSample.engine, ImageSample.resolution)
+        )
+    )
+
+
+def _get(client: FlaskClient, url: str) -> tuple[int, str, bytes]:
+    """The status, type and body of a GET (the response closed: a file body holds its file)."""
+    with client.get(url) as response:
+        return response.status_code, response.mimetype or "", response.data
+
+
+def _jpeg_size(client: FlaskClient, url: str) -> tuple[int, int]:
+    status, mimetype, body = _get(client, url)
+    assert (status, mimetype) == (200, "image/jpeg"), url
+    with Image.open(io.BytesIO(body)) as image:
+        assert image.format == "JPEG"
+        return image.size
+
+
+# At 4x the region is 256 x 225 source pixels (225 = 900 / 4), at 8x 128 x 128.
+EXPECTED_SIZES = {"4x": (1024, 900), "8x": (1024, 1024)}
+
+
+def _check_served(client: FlaskClient, attachment_id: int) -> None:
+    base = f"/images/{attachment_id}/samples"
+    for resolution, size in EXPECTED_SIZES.items():
+        assert _jpeg_size(client, f"{base}/{resolution}.jpg") == size
+        assert _jpeg_size(client, f"{base}/{resolution}-plain.jpg") == size
+        assert (
+            _get(client, f"{base}/{resolution}.jpg")[2]
+            != (_get(client, f"{base}/{resolution}-plain.jpg")[2])
+        )
+
+
+def test_a_worker_makes_the_samples_again_when_the_image_or_the_engine_changes(
+    app: Flask,
+    app_config: dict[str, object],
+    client: FlaskClient,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    attachment = make_attachment(app, width=1200, height=900, title="Harbour")
+    db.session.commit()
+    image_id = attachment.id
+    base = f"/images/{image_id}/samples"
+    for name in ("4x", "4x-plain", "8x", "8x-plain"):
+        assert _get(client, f"{base}/{name}.jpg")[0] == 404
+    assert _get(client, f"{base}/2x.jpg")[0] == 404
+    assert _get(client, f"{base}/4x-other.jpg")[0] == 404
+
+    page = client.get(f"/images/{image_id}").get_data(as_text=True)
+    assert page.count("preparing a sample") == 2
+    assert "/samples/4x.jpg" not in page
+    queued = Queue(SAMPLES_QUEUE, connection=redis_connection(app)).job_ids
+    assert sorted(queued) == [f"sample-{image_id}-4x", f"sample-{image_id}-8x"]
+
+    worker = start_worker()
+    made = wait_until(lambda: len(rows := _samples_of(image_id)) == 2 and rows, timeout=60)
+    assert [(row.resolution, row.engine) for row in made] == [("4x", "local"), ("8x", "local")]
+    _check_served(client, image_id)
+    page = client.get(f"/images/{image_id}").get_data(as_text=True)
+    assert "preparing a sample" not in page
+    assert "Detail of Harbour enlarged 4x plainly" in page
+    assert re.search(r'<input type="range" id="sample-slider-8x"', page)
+
+    # The owner picks a focus point: the image's samples are made again, there.
+    stored = backend(app)
+    old_keys = [key for row in made for key in (row.engine_key, row.plain_key)]
+    assert all(stored.stat(key) is not None for key in old_keys)
+    db.session.get(Attachment, image_id).focus_x = 0.0  # type: ignore[union-attr]
+    db.session.get(Attachment, image_id).focus_y = 1.0  # type: ignore[union-attr]
+    db.session.commit()
+    assert _get(client, f"{base}/4x.jpg")[0] == 404
+    assert client.get(f"/images/{image_id}").get_data(as_text=True).count("preparing a sample") == 2
+
+    def remade_at_the_focus() -> list[ImageSample]:
+        rows = _samples_of(image_id)
+        return rows if all(row.region_left == 0 for row in rows) else []
+
+    remade = wait_until(remade_at_the_focus, timeout=60)
+    assert [(row.region_left, row.region_top) for row in remade] == [(0, 900 - 225), (0, 900 - 128)]
+    assert all(stored.stat(key) is None for key in old_keys)
+    _check_served(client, image_id)
+
+    # The engine changes (the web app and the workers restarted with UPSCALER=neural).
+    worker.kill()
+    neural_app = create_app({**app_config, "UPSCALER": "neural"})
+    with neural_app.app_context():
+        neural_client = neural_app.test_client()
+        page = neural_client.get(f"/images/{image_id}").get_data(as_text=True)
+        assert page.count("preparing a sample") == 2
+        assert _get(neural_client, f"{base}/4x.jpg")[0] == 404
+        start_worker(UPSCALER="neural")
+        wait_until(lambda: len(_samples_of(image_id)) == 4, timeout=120)
+        _check_served(neural_client, image_id)
+        assert "AI upscaling (neural network" in neural_client.get(f"/images/{image_id}").get_data(
+            as_text=True
+        )
+        neural_seconds = [row.seconds for row in _samples_of(image_id) if row.engine == "neural"]
+        assert all(seconds > 0 for seconds in neural_seconds)
+        db.session.remove()
