@@ -5,11 +5,12 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import pyvips
 from flask import Flask
-from flask.testing import FlaskClient
+from flask.testing import FlaskClient, FlaskCliRunner
 from PIL import Image
 from rq import Queue
 from sqlalchemy import select
@@ -17,12 +18,13 @@ from sqlalchemy import select
 from storefront import create_app
 from storefront.extensions import db
 from storefront.jobs.samples import region_size
-from storefront.models import Attachment, ImageSample
+from storefront.models import AdminAction, Attachment, ImageSample
 from storefront.queues import SAMPLES_QUEUE, redis_connection
 from storefront.storage import backend
-from tests.conftest import WorkerProcess, wait_until
+from tests import admin_helpers
+from tests.conftest import LiveApp, WorkerProcess, wait_until
 from tests.factories import make_attachment
-from worker.samples import Region, choose_region
+from worker.samples import Region, choose_region, make_sample
 
 WIDTH, HEIGHT = 1600, 1200
 PATCH = (1100, 200, 200, 200)  # left, top, width, height of the one textured area
@@ -190,3 +192,123 @@ def test_a_worker_makes_the_samples_again_when_the_image_or_the_engine_changes(
         neural_seconds = [row.seconds for row in _samples_of(image_id) if row.engine == "neural"]
         assert all(seconds > 0 for seconds in neural_seconds)
         db.session.remove()
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_the_comparison_shows_and_its_slider_moves_with_the_keyboard(
+    live_app: LiveApp,
+    start_worker: Callable[..., WorkerProcess],
+    new_browser_page: Callable[..., Any],
+) -> None:
+    attachment = make_attachment(live_app.app, width=1200, height=900, title="Quay")
+    db.session.commit()
+    image_url = f"{live_app.url}/images/{attachment.id}"
+    page = new_browser_page(1280, 900)
+    page.goto(image_url)
+    assert page.get_by_text("4x: preparing a sample").is_visible()
+    assert page.locator(".samples img").count() == 0  # no broken image while it is made
+
+    start_worker()
+    wait_until(lambda: len(_samples_of(attachment.id)) == 2, timeout=60)
+    page.goto(image_url)
+    plain = page.get_by_role("img", name="Detail of Quay enlarged 4x plainly, as a browser would")
+    upscaled = page.get_by_role("img", name=re.compile(r"^The same detail upscaled 4x"))
+    for image in (plain, upscaled):
+        image.scroll_into_view_if_needed()
+        assert image.evaluate("img => img.complete && img.naturalWidth") == 1024
+    # With the script, one picture: the upscale over the plain one, cut at the slider.
+    assert plain.bounding_box() == upscaled.bounding_box()
+    slider = page.get_by_label("Compare at 4x: plain on the left, upscaled on the right")
+    clip = "img => getComputedStyle(img).clipPath"
+    assert upscaled.evaluate(clip) == "inset(0px 0px 0px 50%)"
+    slider.focus()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    assert slider.input_value() == "60"
+    assert upscaled.evaluate(clip) == "inset(0px 0px 0px 60%)"
+    page.keyboard.press("Home")
+    assert upscaled.evaluate(clip) == "inset(0px 0px 0px 0%)"
+
+    # Without JavaScript both images stand side by side, and no slider is offered.
+    still = new_browser_page(1280, 900, java_script_enabled=False)
+    still.goto(image_url)
+    left = still.get_by_role("img", name="Detail of Quay enlarged 8x plainly, as a browser would")
+    right = still.get_by_role("img", name=re.compile(r"^The same detail upscaled 8x"))
+    right.scroll_into_view_if_needed()
+    assert left.is_visible() and right.is_visible()
+    left_box, right_box = left.bounding_box(), right.bounding_box()
+    assert left_box["x"] + left_box["width"] <= right_box["x"]
+    assert left_box["y"] == right_box["y"]
+    assert not still.get_by_label(
+        "Compare at 8x: plain on the left, upscaled on the right"
+    ).is_visible()
+
+
+def test_queue_samples_queues_each_missing_sample_once(app: Flask, runner: FlaskCliRunner) -> None:
+    shown = make_attachment(app, width=400, height=300)
+    make_attachment(app, width=400, height=300, for_sale=False)
+    db.session.commit()
+    result = runner.invoke(args=["smi", "queue-samples"])
+    assert "Before/after samples queued: 2." in result.output
+    queued = Queue(SAMPLES_QUEUE, connection=redis_connection(app)).job_ids
+    assert sorted(queued) == [f"sample-{shown.id}-4x", f"sample-{shown.id}-8x"]
+    again = runner.invoke(args=["smi", "queue-samples"])
+    assert "Before/after samples queued: 0." in again.output
+
+
+admin_user = admin_helpers.admin_user
+admin_client = admin_helpers.admin_client
+
+
+def test_the_owner_sets_a_focus_point_and_the_samples_are_queued(
+    app: Flask, admin_client: FlaskClient
+) -> None:
+    attachment = make_attachment(app, width=800, height=600)
+    db.session.commit()
+    url = f"/admin/catalog/images/{attachment.id}"
+    form = {"title": "Pier", "alt_text": "A pier", "for_sale": "y"}
+    response = admin_client.post(url, data={**form, "focus_x": "0.25", "focus_y": "0.75"})
+    assert response.status_code == 303
+    db.session.expire_all()
+    assert (attachment.focus_x, attachment.focus_y) == (0.25, 0.75)
+    queued = Queue(SAMPLES_QUEUE, connection=redis_connection(app)).job_ids
+    assert sorted(queued) == [f"sample-{attachment.id}-4x", f"sample-{attachment.id}-8x"]
+    audit = db.session.scalars(select(AdminAction).where(AdminAction.action == "image_changed"))
+    assert "sample focus 0.250, 0.750" in [row.detail for row in audit]
+
+    for bad, message in (
+        ({"focus_x": "1.5", "focus_y": "0.5"}, "A focus point is from 0 to 1."),
+        (
+            {"focus_x": "0.5", "focus_y": ""},
+            "Give both focus values (across and down), or neither.",
+        ),
+    ):
+        refused = admin_client.post(url, data={**form, **bad})
+        assert refused.status_code == 400
+        assert message in admin_helpers.text(refused)
+        db.session.expire_all()
+        assert (attachment.focus_x, attachment.focus_y) == (0.25, 0.75)
+
+    cleared = admin_client.post(url, data={**form, "focus_x": "", "focus_y": ""})
+    assert cleared.status_code == 303
+    db.session.expire_all()
+    assert (attachment.focus_x, attachment.focus_y) == (None, None)
+
+
+def test_removing_an_image_removes_its_samples(app: Flask, admin_client: FlaskClient) -> None:
+    attachment = make_attachment(app, width=400, height=300)
+    db.session.commit()
+    image_id = attachment.id
+    assert "sample made by local" in make_sample(app, image_id, "4x")
+    assert "no sample to make" in make_sample(app, image_id, "4x")  # made once
+    (sample,) = _samples_of(image_id)
+    assert (sample.region_width, sample.region_height) == (100, 75)
+    keys = [sample.engine_key, sample.plain_key]
+    assert all(backend(app).stat(key) is not None for key in keys)
+    response = admin_client.post(
+        f"/admin/catalog/images/{image_id}/remove", data={"confirm": "yes"}
+    )
+    assert response.status_code == 303
+    assert _samples_of(image_id) == []
+    assert all(backend(app).stat(key) is None for key in keys)
