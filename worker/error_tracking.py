@@ -5,7 +5,8 @@ before the first work horse forks. Plain `rq worker` only builds the app inside 
 late for the SDK's RQ integration (which tags the job and flushes before the horse exits), so give
 it this class::
 
-    rq worker --worker-class worker.error_tracking.SentryWorker --with-scheduler upscale default samples
+    rq worker --worker-class worker.error_tracking.SentryWorker --with-scheduler \
+        upscale default samples
 """
 
 from __future__ import annotations
