@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import re
 from collections.abc import Callable
 from typing import Any
@@ -312,3 +313,19 @@ def test_removing_an_image_removes_its_samples(app: Flask, admin_client: FlaskCl
     assert response.status_code == 303
     assert _samples_of(image_id) == []
     assert all(backend(app).stat(key) is None for key in keys)
+
+
+def test_with_redis_down_the_page_says_a_sample_is_coming_and_queues_nothing(
+    app_config: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    down = create_app({**app_config, "REDIS_URL": "redis://127.0.0.1:1/0"})
+    with down.app_context():
+        attachment = make_attachment(down, title="Harbour")
+        db.session.commit()
+        with caplog.at_level(logging.INFO, logger="smi.fulfilment"):
+            page = down.test_client().get(f"/images/{attachment.id}")
+        assert page.status_code == 200
+        assert page.get_data(as_text=True).count("preparing a sample") == 2
+        assert "rq_job=sample-" not in caplog.text  # not even tried
+        db.session.remove()
+        db.engine.dispose()

@@ -35,6 +35,7 @@ from storefront.extensions import db
 from storefront.jobs.offers import image_offers
 from storefront.jobs.queueing import enqueue_sample, sample_rq_id
 from storefront.models import Attachment, ImageSample, utcnow
+from storefront.queues import versions
 from storefront.storage import remove_stored_file
 
 SAMPLE_EDGE = 1024  # output pixels a side, at most
@@ -114,13 +115,15 @@ def page_samples(app: Flask, image: CatalogImage, offers: Sequence[Offer]) -> li
     """The samples an image page shows, one per available resolution with a sample engine; a
     missing one is asked for (queued, never made here)."""
     found = ready_samples(app, image.id)
+    # Redis unreachable (the request's version counters say so): asking would only wait.
+    redis_up = versions(app) is not None
     views = []
     for offer in offers:
         engine = sample_engine(offer, image.width, image.height)
         if engine is None:
             continue
         ready = _current(image, found, offer.quote.resolution, engine)
-        if ready is None:
+        if ready is None and redis_up:
             ask_for_sample(app, image, offer.quote.resolution, engine)
         views.append(SampleView(offer.quote.resolution, engine, ready))
     return views
