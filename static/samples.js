@@ -8,6 +8,7 @@
     if (!input || !upscaled) return;
     function show() {
       upscaled.style.clipPath = "inset(0 0 0 " + input.value + "%)";
+      figure.style.setProperty("--split", input.value + "%");
       input.setAttribute("aria-valuetext", input.value + "% plain, " + (100 - input.value) + "% upscaled");
     }
     figure.classList.add("sample-js");
