@@ -12,6 +12,7 @@ from flask.cli import with_appcontext
 from storefront.accounts.admins import AccountError, create_admin, unlock_admin
 from storefront.catalog.library import seed_demo
 from storefront.formatting import format_money
+from storefront.jobs.samples import queue_missing_samples
 from storefront.jobs.state import get_job
 from storefront.maintenance.archive import archive_jobs, export_format
 from storefront.maintenance.cleanup import cleanup_expired_files, remove_leftovers
@@ -35,6 +36,14 @@ def seed_demo_command() -> None:
         click.echo(f"Demo catalog created: {added} images.")
     else:
         click.echo("The catalog already has content; nothing to do.")
+
+
+@smi.command("queue-samples")
+@with_appcontext
+def queue_samples_command() -> None:
+    """Queue every before/after sample not made yet (image pages also ask for theirs)."""
+    queued = queue_missing_samples(current_app._get_current_object())  # type: ignore[attr-defined]
+    click.echo(f"Before/after samples queued: {queued}.")
 
 
 def _job_or_fail(job_id: str) -> Job:

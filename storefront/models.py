@@ -10,6 +10,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -81,6 +82,10 @@ class Attachment(db.Model):  # type: ignore[name-defined]
     updated_at: Mapped[dt.datetime | None] = mapped_column(
         DateTime, default=utcnow, onupdate=utcnow
     )
+    # The owner's choice of the region samples show, as fractions of the width and height from
+    # the top left; NULL: the most detailed region is found.
+    focus_x: Mapped[float | None] = mapped_column(Float)
+    focus_y: Mapped[float | None] = mapped_column(Float)
 
     post: Mapped[Post] = relationship(back_populates="attachments")
 
@@ -88,6 +93,35 @@ class Attachment(db.Model):  # type: ignore[name-defined]
     def megapixels(self) -> float:
         """The image's size in millions of pixels."""
         return self.width * self.height / 1_000_000
+
+
+class ImageSample(db.Model):  # type: ignore[name-defined]
+    """A ready before/after sample of one region of an image at one resolution, by one engine.
+
+    One row per image, resolution and engine; `fingerprint` names the original (and focus point)
+    it was made from, so a changed image is made again. The files are `engine_key` (the engine's
+    output) and `plain_key` (the plain enlargement).
+    """
+
+    __tablename__ = "image_samples"
+    __table_args__ = (
+        Index("ix_image_samples_identity", "attachment_id", "resolution", "engine", unique=True),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    attachment_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("attachments.id"))
+    resolution: Mapped[str] = mapped_column(String(10))
+    engine: Mapped[str] = mapped_column(String(20))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    region_left: Mapped[int] = mapped_column(Integer)
+    region_top: Mapped[int] = mapped_column(Integer)
+    region_width: Mapped[int] = mapped_column(Integer)
+    region_height: Mapped[int] = mapped_column(Integer)
+    engine_key: Mapped[str] = mapped_column(String(500))
+    plain_key: Mapped[str] = mapped_column(String(500))
+    # The worker's seconds for the whole sample: region choice, both images, storage.
+    seconds: Mapped[float] = mapped_column(Float)
+    made_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class Job(db.Model):  # type: ignore[name-defined]

@@ -1,5 +1,6 @@
-"""Redis and the RQ queues (`upscale` holds upscaling only, `default` everything else), and the
-version counters that tell every process when what it caches changed."""
+"""Redis and the RQ queues (`upscale` holds upscaling only, `samples` the before/after samples of
+the image pages, `default` everything else), and the version counters that tell every process
+when what it caches changed."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ log = logging.getLogger("smi.queues")
 
 UPSCALE_QUEUE = "upscale"
 DEFAULT_QUEUE = "default"
+# Workers take it last (`python -m worker` listens to upscale, default, samples): paid work first.
+SAMPLES_QUEUE = "samples"
 
 
 def redis_connection(app: Flask) -> Redis:

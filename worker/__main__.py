@@ -1,4 +1,5 @@
-"""Start an RQ worker on the `upscale` and `default` queues, with the scheduler.
+"""Start an RQ worker on the `upscale`, `default` and `samples` queues (in that order: paid work
+first), with the scheduler.
 
 It also schedules the sweeper and the daily maintenance in RQ's scheduler (see worker.schedule);
 `rq cron worker.cron` does the same for any kind of worker, and goes on after Redis restarts.
@@ -12,7 +13,7 @@ from redis import Redis
 from rq import Worker
 
 from storefront import create_app
-from storefront.queues import DEFAULT_QUEUE, UPSCALE_QUEUE
+from storefront.queues import DEFAULT_QUEUE, SAMPLES_QUEUE, UPSCALE_QUEUE
 from worker.schedule import schedule_maintenance, schedule_sweep
 
 
@@ -22,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--url", help="Redis URL (default: REDIS_URL)")
     parser.add_argument("--burst", action="store_true", help="quit when the queues are empty")
     parser.add_argument("--name", help="worker name")
-    parser.add_argument("queues", nargs="*", default=[UPSCALE_QUEUE, DEFAULT_QUEUE])
+    parser.add_argument("queues", nargs="*", default=[UPSCALE_QUEUE, DEFAULT_QUEUE, SAMPLES_QUEUE])
     args = parser.parse_args(argv)
     config = create_app().config  # the settings tasks will run with; tasks build their own app
     url = args.url or config["REDIS_URL"]

@@ -3,9 +3,10 @@
 `python -m worker` needs nothing: it builds the app, which starts Sentry when SENTRY_DSN is set,
 before the first work horse forks. Plain `rq worker` only builds the app inside each horse, too
 late for the SDK's RQ integration (which tags the job and flushes before the horse exits), so give
-it this class::
+it this class (and the queues in this order: paid work first)::
 
-    rq worker --worker-class worker.error_tracking.SentryWorker --with-scheduler upscale default
+    rq worker --worker-class worker.error_tracking.SentryWorker --with-scheduler \\
+        upscale default samples
 """
 
 from __future__ import annotations

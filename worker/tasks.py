@@ -40,6 +40,14 @@ def send_job_email(kind: str, job_id: str, outbox_id: str = "") -> str:
         return deliver(kind, job_id, outbox_id)
 
 
+def make_sample(attachment_id: str, resolution: str) -> str:
+    """Make an image's before/after sample at one resolution (the low-priority `samples` queue)."""
+    from worker.samples import make_sample as make
+
+    with task_context() as app:
+        return make(app, int(attachment_id), resolution)
+
+
 def check_upsampler(job_id: str, attempt: str = "0") -> str:
     """Ask Upsampler about a job (after its callback, or as the polling safety net)."""
     from worker.upsampler import check

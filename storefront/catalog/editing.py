@@ -23,7 +23,7 @@ from storefront.catalog.library import (
 )
 from storefront.extensions import db
 from storefront.formatting import format_bytes
-from storefront.models import Attachment, Job, Post
+from storefront.models import Attachment, ImageSample, Job, Post
 from storefront.storage import (
     TEMPORARY_PREFIX,
     backend,
@@ -160,14 +160,32 @@ def upload_image(
 
 @transactions.atomic
 def update_image(
-    attachment: Attachment, *, title: str, alt_text: str, for_sale: bool, admin: str
+    attachment: Attachment,
+    *,
+    title: str,
+    alt_text: str,
+    for_sale: bool,
+    admin: str,
+    focus: tuple[float | None, float | None] = (None, None),
 ) -> None:
-    """Change an image's title, alt text and whether it is for sale. Commits."""
+    """Change an image's title, alt text, whether it is for sale and the focus point of its
+    samples (both fractions, or neither for the most detailed region). Commits."""
     if len(title) > 255 or len(alt_text) > 500:
         raise CatalogError("A title has at most 255 characters, alt text at most 500.")
+    if (focus[0] is None) != (focus[1] is None):
+        raise CatalogError("Give both focus values (across and down), or neither.")
+    if any(value is not None and not 0 <= value <= 1 for value in focus):
+        raise CatalogError("A focus point is from 0 to 1.")
     changes = []
     if attachment.for_sale != for_sale:
         changes.append("for sale" if for_sale else "not for sale")
+    if (attachment.focus_x, attachment.focus_y) != focus:
+        changes.append(
+            "sample focus automatic"
+            if focus[0] is None
+            else f"sample focus {focus[0]:.3f}, {focus[1]:.3f}"
+        )
+        attachment.focus_x, attachment.focus_y = focus
     attachment.title, attachment.alt_text, attachment.for_sale = (
         title.strip(),
         alt_text.strip(),
@@ -201,7 +219,7 @@ def removal_blocker(attachment: Attachment) -> str | None:
 
 @transactions.atomic
 def remove_image(app: Flask, attachment: Attachment, admin: str) -> None:
-    """Remove an image no paid job needs: its row, original and previews. Commits.
+    """Remove an image no paid job needs: its row, original, previews and samples. Commits.
 
     Jobs that bought it keep their record (and their delivered file); they no longer point at it.
     """
@@ -209,6 +227,11 @@ def remove_image(app: Flask, attachment: Attachment, admin: str) -> None:
     if reason:
         raise CatalogError(reason)
     relative, image_id = attachment.file_path, attachment.id
+    samples = db.session.scalars(select(ImageSample).where(ImageSample.attachment_id == image_id))
+    sample_files = []
+    for sample in samples:
+        sample_files += [sample.engine_key, sample.plain_key]
+        db.session.delete(sample)
     db.session.execute(
         update(Job)
         .where(Job.attachment_id == image_id)
@@ -218,7 +241,7 @@ def remove_image(app: Flask, attachment: Attachment, admin: str) -> None:
     db.session.delete(attachment)
     log_action(admin, "image_removed", f"image:{image_id}", relative)
     transactions.commit()
-    for key in [relative, *preview_keys(image_id)]:
+    for key in [relative, *sample_files, *preview_keys(image_id)]:
         remove_stored_file(app, key)
 
 

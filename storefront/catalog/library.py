@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session, joinedload, selectinload
 from storefront import transactions
 from storefront.extensions import db
 from storefront.images import displayed_size
-from storefront.models import Attachment, Post
+from storefront.models import Attachment, ImageSample, Post
 from storefront.queues import bump_version, versions
 from storefront.storage import StoredObject, backend, safe_filename, temporary_path
 
@@ -210,6 +211,43 @@ def ensure_preview(app: Flask, attachment: Attachment, size: str) -> StoredObjec
         made.unlink(missing_ok=True)
 
 
+def sample_keys(
+    attachment_id: int, resolution: str, engine: str, fingerprint: str
+) -> tuple[str, str]:
+    """Where, in storage, a sample's two JPEGs live: the engine's output and the plain enlargement.
+
+    They live with the previews; the fingerprint in the name gives a remade sample new keys.
+    """
+    stem = f"previews/samples/{attachment_id}/{resolution}-{engine}-{fingerprint[:16]}"
+    return f"{stem}.jpg", f"{stem}-plain.jpg"
+
+
+def image_fingerprint(
+    file_path: str,
+    file_size: int,
+    width: int,
+    height: int,
+    focus_x: float | None,
+    focus_y: float | None,
+) -> str:
+    """What a sample was made from: the original and the focus point; a change makes new ones."""
+    focus = "auto" if focus_x is None or focus_y is None else f"{focus_x:.4f},{focus_y:.4f}"
+    text = f"{file_path}|{file_size}|{width}x{height}|{focus}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def attachment_fingerprint(attachment: Attachment) -> str:
+    """The fingerprint of an image row as it is now."""
+    return image_fingerprint(
+        attachment.file_path,
+        attachment.file_size,
+        attachment.width,
+        attachment.height,
+        attachment.focus_x,
+        attachment.focus_y,
+    )
+
+
 def slugify(text: str) -> str:
     """A URL slug made of lowercase letters, digits and dashes."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "post"
@@ -242,6 +280,21 @@ class CatalogImage:
     for_sale: bool
     post: PostLink
     updated_at: dt.datetime
+    # What its samples must have been made from (see image_fingerprint).
+    fingerprint: str = ""
+
+
+@dataclass(frozen=True)
+class ReadySample:
+    """A sample that is made and stored: which engine made it, from what, and its files."""
+
+    resolution: str
+    engine: str
+    fingerprint: str
+    region_width: int
+    region_height: int
+    engine_key: str
+    plain_key: str
 
 
 @dataclass(frozen=True)
@@ -263,6 +316,7 @@ class _PageCopies:
     version: int
     images: dict[int, CatalogImage | None] = field(default_factory=dict)
     posts: list[CatalogPost] | None = None
+    samples: dict[int, tuple[ReadySample, ...]] = field(default_factory=dict)
 
 
 def _copies(app: Flask) -> _PageCopies | None:
@@ -289,6 +343,33 @@ def image_for_page(app: Flask, attachment_id: int) -> CatalogImage | None:
     if attachment_id not in copies.images:
         copies.images[attachment_id] = _read_image(attachment_id)
     return copies.images[attachment_id]
+
+
+def ready_samples(app: Flask, attachment_id: int) -> tuple[ReadySample, ...]:
+    """The image's samples that are made, read once per catalog version: recording a sample
+    bumps the version, so a page knows what is ready without asking storage."""
+    copies = _copies(app)
+    if copies is None:
+        return _read_samples(attachment_id)
+    if attachment_id not in copies.samples:
+        copies.samples[attachment_id] = _read_samples(attachment_id)
+    return copies.samples[attachment_id]
+
+
+def _read_samples(attachment_id: int) -> tuple[ReadySample, ...]:
+    rows = db.session.scalars(select(ImageSample).where(ImageSample.attachment_id == attachment_id))
+    return tuple(
+        ReadySample(
+            row.resolution,
+            row.engine,
+            row.fingerprint,
+            row.region_width,
+            row.region_height,
+            row.engine_key,
+            row.plain_key,
+        )
+        for row in rows
+    )
 
 
 def catalog_posts(app: Flask) -> list[CatalogPost]:
@@ -338,12 +419,14 @@ def _image_copy(attachment: Attachment, post: Post) -> CatalogImage:
         for_sale=attachment.for_sale,
         post=PostLink(post.id, post.slug, post.title),
         updated_at=attachment.updated_at or attachment.created_at,
+        fingerprint=attachment_fingerprint(attachment),
     )
 
 
 def track_changes() -> None:
-    """Bump the catalog version after every commit that added, changed or removed a post or an
-    image, so that the image pages' copies are read again (called by the app factory)."""
+    """Bump the catalog version after every commit that added, changed or removed a post, an
+    image or a sample, so that the image pages' copies are read again (called by the app
+    factory)."""
     if not event.contains(Session, "after_flush", _note_catalog_flush):
         event.listen(Session, "after_flush", _note_catalog_flush)
         event.listen(Session, "after_commit", _bump_after_commit)
@@ -353,7 +436,7 @@ def track_changes() -> None:
 def _note_catalog_flush(session: Session, _context: object) -> None:
     # Still the flush's own lists here: what it wrote.
     changed = (*session.new, *session.dirty, *session.deleted)
-    if any(isinstance(row, Post | Attachment) for row in changed):
+    if any(isinstance(row, Post | Attachment | ImageSample) for row in changed):
         session.info[CHANGED] = True
 
 

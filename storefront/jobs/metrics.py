@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from storefront.extensions import db
 from storefront.models import JOB_STATUSES, Job
-from storefront.queues import DEFAULT_QUEUE, UPSCALE_QUEUE, redis_connection
+from storefront.queues import DEFAULT_QUEUE, SAMPLES_QUEUE, UPSCALE_QUEUE, redis_connection
 
 log = logging.getLogger("smi.metrics")
 
@@ -270,7 +270,7 @@ def queue_families(app: Flask) -> list[Metric]:
         labels=["queue"],
     )
     now = dt.datetime.now(dt.UTC)
-    for name in (UPSCALE_QUEUE, DEFAULT_QUEUE):
+    for name in (UPSCALE_QUEUE, DEFAULT_QUEUE, SAMPLES_QUEUE):
         queue = Queue(name, connection=connection)
         depth.add_metric([name], float(queue.count))
         oldest.add_metric([name], _waited(queue, connection, now))

@@ -20,7 +20,7 @@ from storefront import logs, transactions
 from storefront.jobs import outbox
 from storefront.jobs.estimates import engine_for, neural_seconds
 from storefront.jobs.state import get_job
-from storefront.queues import DEFAULT_QUEUE, UPSCALE_QUEUE, get_queue
+from storefront.queues import DEFAULT_QUEUE, SAMPLES_QUEUE, UPSCALE_QUEUE, get_queue
 from storefront.transactions import AfterCommit
 
 log = logging.getLogger("smi.fulfilment")
@@ -196,6 +196,31 @@ def enqueue_upsampler_check(job_id: str, *, delay_seconds: int = 0, attempt: int
         log.warning("job=%s poll could not be scheduled (%s); the sweeper will", job_id, exc)
         return False
     return True
+
+
+def sample_rq_id(attachment_id: int, resolution: str) -> str:
+    """The deterministic RQ id of an image's sample at one resolution."""
+    return f"sample-{attachment_id}-{resolution}"
+
+
+def enqueue_sample(attachment_id: int, resolution: str) -> bool:
+    """Put the making of a sample on the low-priority `samples` queue, unless it is there already.
+
+    The task finds out itself which engine and which original the sample is for, so one RQ job
+    per image and resolution covers any change. A failed one is left alone until its record
+    expires (an hour), so a page viewed often does not queue a sample that cannot be made.
+    """
+    return _enqueue_once(
+        SAMPLES_QUEUE,
+        sample_rq_id(attachment_id, resolution),
+        "worker.tasks.make_sample",
+        (str(attachment_id), resolution),
+        replaceable={JobStatus.FINISHED, JobStatus.STOPPED, JobStatus.CANCELED},
+        job_timeout=600,
+        retry=Retry(max=2, interval=[60, 600]),
+        result_ttl=3600,
+        failure_ttl=3600,
+    )
 
 
 def queue_after_payment(job_id: str) -> list[AfterCommit]:

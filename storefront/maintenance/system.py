@@ -30,10 +30,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from storefront.config import PROJECT_ROOT
 from storefront.extensions import db
 from storefront.models import AdminAction, utcnow
-from storefront.queues import DEFAULT_QUEUE, UPSCALE_QUEUE, redis_connection
+from storefront.queues import DEFAULT_QUEUE, SAMPLES_QUEUE, UPSCALE_QUEUE, redis_connection
 from storefront.storage import StorageError, backend
 
-QUEUES = (UPSCALE_QUEUE, DEFAULT_QUEUE)
+QUEUES = (UPSCALE_QUEUE, DEFAULT_QUEUE, SAMPLES_QUEUE)
 LAST_SWEEP_KEY = "smi:system:last_sweep"
 REGISTRY_ROWS = 100  # rows shown per registry and queue; the count says how many there are
 

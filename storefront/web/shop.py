@@ -20,8 +20,10 @@ from storefront.catalog.library import (
 from storefront.extensions import db
 from storefront.images import fitted_size
 from storefront.jobs.offers import ENGINE_LABELS, image_offers
+from storefront.jobs.samples import page_samples, sample_for
 from storefront.models import Attachment
 from storefront.queues import redis_connection
+from storefront.storage import backend
 from storefront.web.forms import CheckoutForm
 from storefront.web.stored_files import send_stored
 
@@ -51,8 +53,12 @@ def render_image_page(
     cancelled: bool = False,
 ) -> ResponseReturnValue:
     """The image page: preview, offers and the Buy form (with its errors, if any)."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
     form = form or CheckoutForm(attachment_id=str(attachment.id))
     all_offers = image_offers(attachment)
+    image = (
+        attachment if isinstance(attachment, CatalogImage) else image_for_page(app, attachment.id)
+    )
     available = [offer for offer in all_offers if offer.available]
     if available and form.resolution.data not in {o.quote.resolution for o in available}:
         form.resolution.data = available[0].quote.resolution
@@ -62,6 +68,7 @@ def render_image_page(
         offers=all_offers,
         engine_labels=ENGINE_LABELS,
         available=available,
+        samples=page_samples(app, image, all_offers) if image is not None else [],
         form=form,
         currency=current_app.config["CURRENCY"],
         cancelled=cancelled,
@@ -108,3 +115,20 @@ def preview_srcset(image: Attachment | CatalogImage) -> str:
 def preview_size(image: Attachment | CatalogImage, size: str) -> tuple[int, int]:
     """The (width, height) of an image's square-bounded preview (`thumb` or `large`)."""
     return fitted_size(image.width, image.height, PREVIEW_SIZES[size])
+
+
+@bp.get(f"/images/<int(max={MAX_ID}):attachment_id>/samples/<name>.jpg")
+def sample(attachment_id: int, name: str) -> ResponseReturnValue:
+    """A before/after sample: `4x` the engine's output for a region, `4x-plain` the same region
+    enlarged plainly; 404 until it is made."""
+    resolution, _, kind = name.partition("-")
+    if kind not in ("", "plain"):
+        abort(404)
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    found = sample_for(app, attachment_id, resolution)
+    if found is None:
+        abort(404)
+    stored = backend(app).stat(found.plain_key if kind else found.engine_key)
+    if stored is None:
+        abort(404)
+    return send_stored(stored, "image/jpeg", max_age=86400)

@@ -316,8 +316,9 @@ def _infer(net: Any, tile: np.ndarray) -> np.ndarray:
     return (np.clip(result, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(1, 2, 0)
 
 
-def centred_upscale(image: Any, factor: int) -> Any:
-    """Enlarge by `factor` as libvips' lanczos3 `resize` does, on the grid the network uses.
+def centred_upscale(image: Any, factor: int, interpolator: str = "bicubic") -> Any:
+    """Enlarge by `factor` as libvips' lanczos3 `resize` does, on the grid the network uses
+    (or with another libvips interpolator: "bilinear" is a browser's plain enlargement).
 
     For enlarging, `resize(f, kernel="lanczos3")` is exactly `affine` with the bicubic interpolator
     (identical pixels), but it samples output pixel j at input j/f - 1/2: half an output pixel off
@@ -329,7 +330,7 @@ def centred_upscale(image: Any, factor: int) -> Any:
     shift = 0.5 - 0.5 / factor
     return image.affine(
         [factor, 0, 0, factor],
-        interpolate=pyvips.Interpolate.new("bicubic"),
+        interpolate=pyvips.Interpolate.new(interpolator),
         idx=shift,
         idy=shift,
         oarea=[0, 0, image.width * factor, image.height * factor],

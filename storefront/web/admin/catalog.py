@@ -18,6 +18,7 @@ from storefront.catalog.editing import (
 )
 from storefront.catalog.library import MAX_ID, posts_with_images
 from storefront.extensions import db
+from storefront.jobs.samples import queue_samples
 from storefront.models import Attachment, Post
 from storefront.web.admin.base import admin_name, bp
 from storefront.web.admin.forms import ConfirmForm, ImageForm, PostForm, UploadForm
@@ -130,6 +131,7 @@ def _upload(post: Post) -> ResponseReturnValue:
         )
     except CatalogError as exc:
         return _render_post(post, PostForm(obj=post, formdata=None), upload, str(exc), 400)
+    queue_samples(attachment.id)
     flash(
         f"Image added: {attachment.width} × {attachment.height} px, "
         f"{'for sale' if attachment.for_sale else 'not for sale'}.",
@@ -152,10 +154,12 @@ def image_edit(attachment_id: int) -> ResponseReturnValue:
                 alt_text=form.alt_text.data or "",
                 for_sale=bool(form.for_sale.data),
                 admin=admin_name(),
+                focus=(form.focus_x.data, form.focus_y.data),
             )
         except CatalogError as exc:
             error = str(exc)
         else:
+            queue_samples(attachment.id)  # made again if the focus changed; else nothing to do
             flash("Image saved.", "success")
             return redirect(url_for("admin.image_edit", attachment_id=attachment.id), 303)
     status = 400 if request.method == "POST" else 200

@@ -7,6 +7,7 @@ from flask_wtf.file import FileField, FileRequired
 from wtforms import (
     BooleanField,
     EmailField,
+    FloatField,
     HiddenField,
     IntegerField,
     PasswordField,
@@ -86,6 +87,14 @@ class ImageForm(FlaskForm):
         filters=[_strip],
     )
     for_sale = BooleanField("For sale", default=True)
+    focus_x = FloatField(
+        "Sample focus, across (0 left – 1 right)",
+        validators=[Optional(), NumberRange(0, 1, message="A focus point is from 0 to 1.")],
+    )
+    focus_y = FloatField(
+        "Sample focus, down (0 top – 1 bottom)",
+        validators=[Optional(), NumberRange(0, 1, message="A focus point is from 0 to 1.")],
+    )
 
 
 class UploadForm(ImageForm):
