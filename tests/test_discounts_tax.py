@@ -20,7 +20,8 @@ from storefront.jobs.outcomes import fail_job
 from storefront.jobs.refunds import RefundFailed, refund_job
 from storefront.models import Job, utcnow
 from storefront.reports.dashboard import revenue_by_day, top_sellers
-from tests.admin_helpers import fresh
+from tests import admin_helpers
+from tests.admin_helpers import fresh, text
 from tests.conftest import LiveApp
 from tests.factories import make_attachment, make_job
 from tests.test_payment_integrity import (
@@ -34,6 +35,8 @@ from tests.test_payment_integrity import (
     _upscale_queue,
 )
 
+admin_user = admin_helpers.admin_user
+admin_client = admin_helpers.admin_client
 PAID_SUBJECT = "Payment received: we're upscaling your image"
 
 
@@ -284,3 +287,29 @@ def test_revenue_is_net_of_tax_and_refunds_with_refunds_returning_tax_pro_rata(
     assert day.revenue == Decimal("10.00") + Decimal("5.00") + Decimal("0.00") + Decimal("8.00")
     _posts, (image,) = top_sellers(today - dt.timedelta(days=1), today + dt.timedelta(days=1))
     assert image.revenue == Decimal("23.00")
+
+
+def test_the_admin_job_page_shows_price_discount_and_tax_of_a_discounted_order(
+    app: Flask, admin_client: Any
+) -> None:
+    image = make_attachment(app, width=1000, height=750)
+    discounted = make_job(
+        image,
+        status="completed",
+        payment_status="paid",
+        amount_subtotal=Decimal("10.00"),
+        amount_discount=Decimal("2.00"),
+        amount_tax=Decimal("1.52"),
+        amount_charged=Decimal("9.52"),
+    )
+    plain = make_job(image, status="completed", payment_status="paid")
+    db.session.commit()
+
+    page = text(admin_client.get(f"/admin/jobs/{discounted.job_id}"))
+    assert '<dt>Price</dt><dd id="price">$10.00</dd>' in page
+    assert '<dt>Discount</dt><dd id="discount">−$2.00</dd>' in page
+    assert '<dt>Tax</dt><dd id="tax">$1.52</dd>' in page
+    assert '<dt>Charged</dt><dd id="charged">$9.52</dd>' in page
+    page = text(admin_client.get(f"/admin/jobs/{plain.job_id}"))
+    assert 'id="charged"' in page
+    assert 'id="price"' not in page and 'id="discount"' not in page and 'id="tax"' not in page
