@@ -160,6 +160,8 @@ class Job(db.Model):  # type: ignore[name-defined]
     # The job's one submission to Upsampler in this run: opened (and committed) before the call.
     upsampler_submission_key: Mapped[str | None] = mapped_column(String(64))
     upsampler_submitted_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    # The language the buyer used at checkout: the order's emails are written in it.
+    locale: Mapped[str] = mapped_column(String(8), default="en", server_default="en")
 
     post: Mapped[Post] = relationship()
     attachment: Mapped[Attachment | None] = relationship()

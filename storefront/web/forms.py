@@ -1,7 +1,12 @@
-"""Forms the buyer fills in, validated by WTForms with CSRF from Flask-WTF."""
+"""Forms the buyer fills in, validated by WTForms with CSRF from Flask-WTF.
+
+Labels and messages are translated when shown (`lazy_gettext`); WTForms' own messages follow
+the page's language through Flask-WTF (WTF_I18N_ENABLED, on by default).
+"""
 
 from __future__ import annotations
 
+from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from wtforms import EmailField, HiddenField, RadioField, StringField
 from wtforms.validators import DataRequired, Email, Length, Optional
@@ -10,19 +15,21 @@ from wtforms.validators import DataRequired, Email, Length, Optional
 class CheckoutForm(FlaskForm):
     """The Buy form of an image page."""
 
-    attachment_id = HiddenField(validators=[DataRequired(message="Choose an image.")])
+    attachment_id = HiddenField(validators=[DataRequired(message=_l("Choose an image."))])
     resolution = RadioField(
-        "Resolution",
+        _l("Resolution"),
         choices=["4x", "8x"],
         default="4x",
-        validators=[DataRequired(message="Choose a resolution.")],
+        validators=[DataRequired(message=_l("Choose a resolution."))],
     )
     email = EmailField(
-        "Email for the download link (optional)",
+        _l("Email for the download link (optional)"),
         validators=[
             Optional(),
-            Length(max=254, message="That email address is too long."),
-            Email(message="That doesn't look like an email address.", check_deliverability=False),
+            Length(max=254, message=_l("That email address is too long.")),
+            Email(
+                message=_l("That doesn't look like an email address."), check_deliverability=False
+            ),
         ],
         filters=[lambda value: value.strip() if isinstance(value, str) else value],
     )
@@ -32,16 +39,18 @@ class ResendForm(FlaskForm):
     """A buyer asks for a fresh download link for one of their orders."""
 
     job_id = StringField(
-        "Order number",
-        validators=[DataRequired(message="Enter the order number."), Length(max=255)],
+        _l("Order number"),
+        validators=[DataRequired(message=_l("Enter the order number.")), Length(max=255)],
         filters=[lambda value: value.strip() if isinstance(value, str) else value],
     )
     email = EmailField(
-        "Email address used for the order",
+        _l("Email address used for the order"),
         validators=[
-            DataRequired(message="Enter the email address of the order."),
+            DataRequired(message=_l("Enter the email address of the order.")),
             Length(max=254),
-            Email(message="That doesn't look like an email address.", check_deliverability=False),
+            Email(
+                message=_l("That doesn't look like an email address."), check_deliverability=False
+            ),
         ],
         filters=[lambda value: value.strip() if isinstance(value, str) else value],
     )
