@@ -7,6 +7,7 @@
 #   bash scripts/translations.sh init fr    start a new language (then add it to LANGUAGES in
 #                                           storefront/i18n.py)
 #   bash scripts/translations.sh compile    compile only (after editing a .po by hand)
+#   bash scripts/translations.sh extract F  extract into the file F only (the tests' check)
 #
 # After a run, translate the entries `git diff translations/` shows with an empty msgstr or
 # marked `#, fuzzy` (a guess from a similar string: check it, then delete the fuzzy line), run
@@ -25,7 +26,7 @@ extract() {
     "$PYBABEL" -q extract -F babel.cfg -k _l -k lazy_gettext \
         --add-location=file --sort-by-file --no-wrap \
         --project="Sell My Images" --copyright-holder="Sell My Images" \
-        -o "$POT" .
+        -o "${1:-$POT}" .
 }
 
 update() {
@@ -51,8 +52,11 @@ case "${1:-all}" in
     compile)
         compile
         ;;
+    extract)
+        extract "${2:?usage: scripts/translations.sh extract <output .pot>}"
+        ;;
     *)
-        echo "usage: scripts/translations.sh [all | init <language> | compile]" >&2
+        echo "usage: scripts/translations.sh [all | init <language> | compile | extract <file>]" >&2
         exit 2
         ;;
 esac

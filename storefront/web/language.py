@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, abort, redirect, request
 from flask.typing import ResponseReturnValue
-from flask_babel import get_locale
+from flask_babel import get_locale, refresh
 from werkzeug.wrappers import Response
 
 from storefront.i18n import (
@@ -81,8 +81,15 @@ def vary_by_language(response: Response) -> Response:
     return response
 
 
+def forget_last_locale() -> None:
+    """Flask-Babel keeps the locale on `g`, which requests share when they run inside one app
+    context (a test's, a command's): each request chooses afresh."""
+    refresh()
+
+
 def install(app: Flask) -> None:
     """The switcher's route, its template values, and the Vary header."""
     app.register_blueprint(bp)
+    app.before_request(forget_last_locale)
     app.context_processor(switcher)
     app.after_request(vary_by_language)
