@@ -157,6 +157,7 @@ def test_an_order_placed_in_german_is_followed_in_german(
     assert client.post("/checkout", data=data, headers=GERMAN).status_code == 303
     job = db.session.scalars(select(Job)).one()
     assert job.locale == "de"
+    assert stripe_local.state.sessions[job.stripe_checkout_session_id]["locale"] == "de"
     page = client.get(f"/orders/{job.job_id}", headers=GERMAN).get_data(as_text=True)
     assert "Ihre Bestellung" in page and "Ihre Zahlung wird bestätigt …" in page
     assert f"1,92{NBSP}$" in page
@@ -246,3 +247,35 @@ def test_an_order_placed_in_german_gets_german_mails_from_the_worker(
     assert all("Payment received" not in str(m["Subject"]) for m in smtp_sink.messages)
     # The download page follows the buyer's browser, not the order: English without a choice.
     assert "Your high-resolution image is ready" in requests.get(link.group(0), timeout=10).text
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_a_buyer_switches_the_image_page_to_german_and_back_in_a_browser(
+    live_app: LiveApp,
+    new_browser_page,  # type: ignore[no-untyped-def]
+) -> None:
+    attachment = make_attachment(live_app.app, width=2000, height=2000, title="Leuchtturm")
+    db.session.commit()
+    page = new_browser_page(1024, 768, locale="en-US")
+    page.goto(f"{live_app.url}/images/{attachment.id}")
+    assert page.locator("html").get_attribute("lang") == "en"
+    assert page.get_by_role("button", name="Buy").is_visible()
+
+    page.get_by_role("link", name="Deutsch").click()
+    # Back on the same address: wait for the German page itself.
+    page.get_by_role("button", name="Kaufen").wait_for()
+    assert page.url == f"{live_app.url}/images/{attachment.id}"
+    assert page.locator("html").get_attribute("lang") == "de"
+    assert page.get_by_text(f"1,92{NBSP}$").is_visible()
+    page.get_by_role("link", name="Katalog").click()  # the choice is remembered
+    page.get_by_role("heading", name="Fotos in hoher Auflösung").wait_for()
+
+    page.get_by_role("link", name="English").click()
+    page.get_by_role("heading", name="Photos in high resolution").wait_for()
+    assert page.locator("html").get_attribute("lang") == "en"
+    # A German browser that chose nothing gets German at once.
+    german = new_browser_page(1024, 768, locale="de-DE")
+    german.goto(f"{live_app.url}/images/{attachment.id}")
+    assert german.get_by_role("button", name="Kaufen").is_visible()
+    assert german.locator("html").get_attribute("lang") == "de"

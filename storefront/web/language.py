@@ -59,8 +59,8 @@ def choose(code: str) -> ResponseReturnValue:
 def switcher() -> dict[str, Any]:
     """Template values: the page's language, and a link to this page in each other language."""
     current = str(get_locale() or LANGUAGES[0])
-    if not request:  # a mail rendered by a worker
-        return {"page_language": current, "language_links": []}
+    if not request or request.path.startswith(ENGLISH_ONLY_PREFIXES):
+        return {"page_language": current, "language_links": []}  # a mail, or the admin area
     here = request.full_path if request.query_string else request.path
     links = [
         {"code": code, "name": LANGUAGE_NAMES[code], "next": here}
