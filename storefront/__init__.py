@@ -76,15 +76,17 @@ def _init_extensions(app: Flask) -> None:
 
 
 def _init_babel(app: Flask) -> None:
-    """`_()` in templates and code; the locale comes from storefront/i18n.py."""
-    from storefront import i18n
+    """`_()` in templates and code; the locale is the buyer's choice or their browser's
+    (storefront/i18n.py), picked per request and switched by storefront/web/language.py."""
     from storefront.extensions import babel
+    from storefront.web import language
 
     babel.init_app(
         app,
-        locale_selector=i18n.select_locale,
+        locale_selector=language.select_locale,
         default_translation_directories=str(PROJECT_ROOT / "translations"),
     )
+    language.install(app)
 
 
 def _set_engine_options(app: Flask) -> None:
@@ -195,10 +197,12 @@ def _register_cli(app: Flask) -> None:
 
 def _register_template_filters(app: Flask) -> None:
     from storefront import queues, settings
-    from storefront.formatting import format_bytes, format_money
+    from storefront.formatting import format_bytes, format_moment, format_money, format_number
 
     app.add_template_filter(format_money, "money")
     app.add_template_filter(format_bytes, "filesize")
+    app.add_template_filter(format_moment, "moment")
+    app.add_template_filter(format_number, "number")
     # Templates read settings in force (with the admin's saved values) as `settings`.
     app.context_processor(lambda: {"settings": settings.current()})
     # The caches of settings and of the catalog ask Redis for their versions once per request.

@@ -211,6 +211,8 @@ class Job(db.Model):  # type: ignore[name-defined]
         Boolean, default=False, server_default="0"
     )
     automatic_tax: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    # The language the buyer used at checkout: the order's emails are written in it.
+    locale: Mapped[str] = mapped_column(String(8), default="en", server_default="en")
 
     post: Mapped[Post] = relationship()
     attachment: Mapped[Attachment | None] = relationship()

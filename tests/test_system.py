@@ -37,7 +37,7 @@ admin_user = admin_helpers.admin_user
 admin_client = admin_helpers.admin_client
 csrf_app = admin_helpers.csrf_app
 
-HEAD = "0012_image_samples"
+HEAD = "0013_job_locale"
 QUEUE = ["queue"]
 
 

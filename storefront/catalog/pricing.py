@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+from flask_babel import lazy_gettext as _l
+from flask_babel.speaklater import LazyString
+
 CENT = Decimal("0.01")
 FACTORS = {"4x": 4, "8x": 8}
 # Currencies whose smallest unit is the whole unit (Stripe's zero-decimal currencies).
@@ -54,10 +57,11 @@ class Quote:
 
 @dataclass(frozen=True)
 class Offer:
-    """A resolution as the image page shows it: its quote, or why it is not offered."""
+    """A resolution as the image page shows it: its quote, or why it is not offered (a sentence
+    translated when it is shown, in the page's language)."""
 
     quote: Quote
-    unavailable_reason: str | None = None
+    unavailable_reason: str | LazyString | None = None
     engine: str = ""
 
     @property
@@ -106,15 +110,17 @@ def offers(
     result = []
     for resolution in FACTORS:
         q = quote(width, height, resolution, settings)
-        reason = None
+        reason: LazyString | None = None
         if not for_sale:
-            reason = "This image is not for sale."
+            reason = _l("This image is not for sale.")
         elif resolution not in resolutions:
-            reason = "This resolution is not offered."
+            reason = _l("This resolution is not offered.")
         elif q.megapixels > settings.max_output_megapixels:
-            reason = (
-                f"The output would be {q.megapixels:.0f} megapixels, more than the "
-                f"{settings.max_output_megapixels} megapixels we can deliver."
+            reason = _l(
+                "The output would be %(megapixels)s megapixels, more than the %(limit)s "
+                "megapixels we can deliver.",
+                megapixels=format(q.megapixels, ".0f"),
+                limit=settings.max_output_megapixels,
             )
         result.append(Offer(q, reason))
     return result

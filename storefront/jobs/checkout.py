@@ -36,20 +36,27 @@ def start_checkout(
     *,
     remembered: Sequence[str],
     user_agent: str | None,
+    locale: str = "en",
 ) -> tuple[Job, str]:
     """Buy pressed: the open session of the same order among this browser's `remembered` job ids,
-    or a new job and session (`create_checkout`); the job and the URL to send the buyer to."""
-    reusable = open_checkout_of(attachment, resolution, email, remembered)
+    or a new job and session (`create_checkout`); the job and the URL to send the buyer to.
+    `locale` is the language of the buyer's page, the order's emails' language."""
+    reusable = open_checkout_of(attachment, resolution, email, remembered, locale=locale)
     if reusable is not None:
         return reusable
-    return create_checkout(attachment, resolution, email, user_agent=user_agent)
+    return create_checkout(attachment, resolution, email, user_agent=user_agent, locale=locale)
 
 
 def open_checkout_of(
-    attachment: Attachment, resolution: str, email: str, remembered: Sequence[str]
+    attachment: Attachment,
+    resolution: str,
+    email: str,
+    remembered: Sequence[str],
+    *,
+    locale: str = "en",
 ) -> tuple[Job, str] | None:
-    """The job among `remembered` awaiting payment for this image, resolution, email and price,
-    with its session URL, if Stripe says that session is still open; changes nothing."""
+    """The job among `remembered` awaiting payment for this image, resolution, email, price and
+    language, with its session URL, if Stripe says that session is still open; changes nothing."""
     offer = offer_for(attachment, resolution)
     if not remembered or not offer.available:
         return None
@@ -65,6 +72,7 @@ def open_checkout_of(
             # A session opened before the admin turned codes or tax on or off is not reused.
             Job.promotion_codes_allowed.is_(bool(settings.get("PROMOTION_CODES"))),
             Job.automatic_tax.is_(bool(settings.get("STRIPE_AUTOMATIC_TAX"))),
+            Job.locale == locale,
             Job.stripe_checkout_session_id.is_not(None),
             Job.checkout_expires_at > utcnow() + REUSE_MARGIN,
         )
@@ -86,7 +94,12 @@ def open_checkout_of(
 
 
 def create_checkout(
-    attachment: Attachment, resolution: str, email: str, *, user_agent: str | None
+    attachment: Attachment,
+    resolution: str,
+    email: str,
+    *,
+    user_agent: str | None,
+    locale: str = "en",
 ) -> tuple[Job, str]:
     """Create the job and its Checkout Session; return the job and the URL to send the buyer to.
 
@@ -99,6 +112,7 @@ def create_checkout(
     if not offer.available:
         raise ValueError(offer.unavailable_reason)
     job = _new_job(attachment, resolution, email, offer.quote, config)
+    job.locale = locale
     funnel.record(
         funnel.CHECKOUT_STARTED,
         post_id=attachment.post_id,
@@ -190,6 +204,7 @@ def _session_params(
     if job.automatic_tax:
         params["automatic_tax"] = {"enabled": True}
         params["line_items"][0]["price_data"]["tax_behavior"] = "exclusive"
+    params["locale"] = job.locale  # Stripe's page in the buyer's language too
     return params
 
 

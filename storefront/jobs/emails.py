@@ -11,10 +11,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import current_app, render_template
+from flask_babel import force_locale
 from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
+from flask_babel.speaklater import LazyString
 from flask_mail import Message
 
-from storefront import settings, transactions
+from storefront import i18n, settings, transactions
 from storefront.extensions import mail
 from storefront.formatting import local_time
 from storefront.images import fitted_size
@@ -30,20 +33,21 @@ MAIL_PREVIEW_BOX = (480, 320)
 
 @dataclass(frozen=True)
 class EmailKind:
-    """One kind of email: its subject and the template pair that renders it."""
+    """One kind of email: its subject and the template pair that renders it (a buyer's email is
+    translated into the order's language; the admin's stay in English)."""
 
-    subject: str
+    subject: str | LazyString
     template: str
     to_admin: bool = False
 
 
 KINDS = {
-    "paid": EmailKind("Payment received: we're upscaling your image", "paid"),
-    "ready": EmailKind("Your high-resolution image is ready", "ready"),
-    "link": EmailKind("A fresh download link for your image", "ready"),
-    "failed": EmailKind("We couldn't process your image: you have been refunded", "failed"),
-    "failed_free": EmailKind("We couldn't process your image", "failed"),
-    "refunded": EmailKind("We've refunded your order", "refunded"),
+    "paid": EmailKind(_l("Payment received: we're upscaling your image"), "paid"),
+    "ready": EmailKind(_l("Your high-resolution image is ready"), "ready"),
+    "link": EmailKind(_l("A fresh download link for your image"), "ready"),
+    "failed": EmailKind(_l("We couldn't process your image: you have been refunded"), "failed"),
+    "failed_free": EmailKind(_l("We couldn't process your image"), "failed"),
+    "refunded": EmailKind(_l("We've refunded your order"), "refunded"),
     "admin_alert": EmailKind("[Sell My Images] A paid job failed", "admin_alert", to_admin=True),
     "cost_alert": EmailKind(
         "[Sell My Images] A job cost more than the buyer paid", "admin_alert", to_admin=True
@@ -58,12 +62,23 @@ def sender() -> str:
 
 
 def build_message(kind: str, job: Job, **context: Any) -> Message:
-    """The email of `kind` about `job`, addressed to the buyer (or the admin for alerts)."""
+    """The email of `kind` about `job`, addressed to the buyer in the language of the order (or
+    to the admin, in English, for alerts)."""
     spec = KINDS[kind]
     config = current_app.config
     recipient = config.get("ADMIN_EMAIL") if spec.to_admin else job.email
     if not recipient:
         raise ValueError(f"no recipient for the {kind} email of job {job.job_id}")
+    language = i18n.DEFAULT_LANGUAGE if spec.to_admin else i18n.order_language(job.locale)
+    with force_locale(language):
+        return _message(spec, kind, job, recipient, context)
+
+
+def _message(
+    spec: EmailKind, kind: str, job: Job, recipient: str, context: dict[str, Any]
+) -> Message:
+    """The message itself, in the locale in force."""
+    config = current_app.config
     base = config["PUBLIC_BASE_URL"]
     values = {
         "job": job,
@@ -73,12 +88,12 @@ def build_message(kind: str, job: Job, **context: Any) -> Message:
         "output_width": (job.image_width or 0) * job.factor,
         "output_height": (job.image_height or 0) * job.factor,
         "expires": local_time(job.download_expires_at, current_app.config["DISPLAY_TIMEZONE"]),
-        "title": (job.attachment.title if job.attachment else "") or "your image",
+        "title": (job.attachment.title if job.attachment else "") or _("your image"),
         "preview": _preview(job, base),
         **context,
     }
     return Message(
-        subject=spec.subject,
+        subject=str(spec.subject),
         sender=sender(),
         recipients=[recipient],
         body=render_template(f"email/{spec.template}.txt", **values),

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from flask import current_app
+from flask_babel import lazy_gettext as _l
 
 from storefront import settings
 from storefront.catalog.pricing import FACTORS, Offer, PriceSettings, offers
@@ -31,10 +32,11 @@ class OfferedImage(Protocol):
     def for_sale(self) -> bool: ...
 
 
+# Translated when shown: the offers are kept per app, whatever the language of the page.
 ENGINE_LABELS = {
-    "neural": "AI upscaling (neural network, on our own servers)",
-    "upsampler": "AI upscaling by Upsampler.com",
-    "local": "High-quality Lanczos resampling with sharpening",
+    "neural": _l("AI upscaling (neural network, on our own servers)"),
+    "upsampler": _l("AI upscaling by Upsampler.com"),
+    "local": _l("High-quality Lanczos resampling with sharpening"),
 }
 
 
@@ -66,8 +68,9 @@ def _compute_offers(attachment: OfferedImage, config: Mapping[str, Any]) -> list
             minutes = neural_seconds(attachment.width, attachment.height, offer.quote.factor) / 60
             offer = dataclasses.replace(
                 offer,
-                unavailable_reason=(
-                    f"Too large for AI upscaling here: it would take about {minutes:.0f} minutes."
+                unavailable_reason=_l(
+                    "Too large for AI upscaling here: it would take about %(minutes)s minutes.",
+                    minutes=format(minutes, ".0f"),
                 ),
             )
         result.append(dataclasses.replace(offer, engine=engine or ""))

@@ -18,6 +18,7 @@ from flask import (
     send_file,
 )
 from flask.typing import ResponseReturnValue
+from flask_babel import lazy_gettext as _l
 from werkzeug.http import parse_date
 
 from storefront import settings
@@ -234,7 +235,13 @@ def _mimetype(suffix: str) -> str:
     )
 
 
-TOO_MANY_RESENDS = "That's a lot of requests for fresh links. Please wait an hour and try again."
+TOO_MANY_RESENDS = _l(
+    "That's a lot of requests for fresh links. Please wait an hour and try again."
+)
+
+
+def _too_many_resends() -> str:
+    return str(TOO_MANY_RESENDS)
 
 
 def email_limit_key(email: str) -> str:
@@ -267,8 +274,8 @@ def resend_form() -> ResponseReturnValue:
 
 
 @bp.post("/download/resend")
-@limiter.limit(_resends_per_email, key_func=_resend_email_key, error_message=TOO_MANY_RESENDS)
-@limiter.limit(_resends_per_client, error_message=TOO_MANY_RESENDS)
+@limiter.limit(_resends_per_email, key_func=_resend_email_key, error_message=_too_many_resends)
+@limiter.limit(_resends_per_client, error_message=_too_many_resends)
 def resend() -> ResponseReturnValue:
     """Mail a fresh link to an order's email; the answer says nothing about whether it matched.
 

@@ -8,6 +8,8 @@ import time
 
 from flask import Flask, render_template
 from flask.typing import ResponseReturnValue
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 from flask_limiter import RateLimitExceeded
 from flask_wtf.csrf import CSRFError
 from redis.exceptions import RedisError
@@ -20,16 +22,28 @@ from storefront.storage import NotInStorage, StorageError
 log = logging.getLogger("smi.errors")
 
 MESSAGES = {
-    400: ("That request didn't make sense", "Something in it was missing or malformed."),
-    403: ("You can't do that here", "This page or action isn't open to you."),
-    404: ("We couldn't find that page", "The link may be mistyped, or the item is gone."),
-    405: ("That isn't how this page works", "Try going back and using the buttons on the page."),
-    410: ("This link has expired", "It worked once, but its time is up."),
-    413: ("That file is too large", "Try a smaller one."),
-    416: ("That part of the file isn't there", "Start the download again from the beginning."),
-    429: ("Slow down a little", "Too many requests in a short time. Wait a minute and try again."),
-    500: ("Something went wrong on our side", "We've noted it. Please try again in a moment."),
-    503: ("We're briefly unavailable", "Please try again in a moment."),
+    400: (_l("That request didn't make sense"), _l("Something in it was missing or malformed.")),
+    403: (_l("You can't do that here"), _l("This page or action isn't open to you.")),
+    404: (_l("We couldn't find that page"), _l("The link may be mistyped, or the item is gone.")),
+    405: (
+        _l("That isn't how this page works"),
+        _l("Try going back and using the buttons on the page."),
+    ),
+    410: (_l("This link has expired"), _l("It worked once, but its time is up.")),
+    413: (_l("That file is too large"), _l("Try a smaller one.")),
+    416: (
+        _l("That part of the file isn't there"),
+        _l("Start the download again from the beginning."),
+    ),
+    429: (
+        _l("Slow down a little"),
+        _l("Too many requests in a short time. Wait a minute and try again."),
+    ),
+    500: (
+        _l("Something went wrong on our side"),
+        _l("We've noted it. Please try again in a moment."),
+    ),
+    503: (_l("We're briefly unavailable"), _l("Please try again in a moment.")),
 }
 
 
@@ -37,7 +51,7 @@ def render_error(status: int, detail: str | None = None) -> tuple[str, int]:
     """Render the error page for `status`, with an optional sentence saying what to do."""
     title, hint = MESSAGES.get(status, MESSAGES[500])
     return render_template(
-        "errors/error.html", status=status, title=title, hint=hint, detail=detail
+        "errors/error.html", status=status, title=str(title), hint=str(hint), detail=detail
     ), status
 
 
@@ -57,7 +71,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(CSRFError)
     def csrf_error(error: CSRFError) -> tuple[str, int]:
-        return render_error(400, "The form had expired. Go back, reload the page and try again.")
+        return render_error(400, _("The form had expired. Go back, reload the page and try again."))
 
     @app.errorhandler(RateLimitExceeded)
     def rate_limited(error: RateLimitExceeded) -> ResponseReturnValue:
@@ -71,7 +85,7 @@ def register_error_handlers(app: Flask) -> None:
             log.error("a stored file is missing: %s", error)
             return render_error(404)
         log.error("storage unavailable: %s", error)
-        body, status = render_error(503, "Our file storage isn't answering just now.")
+        body, status = render_error(503, _("Our file storage isn't answering just now."))
         return body, status, {"Retry-After": "60"}
 
     @app.errorhandler(HTTPException)

@@ -6,6 +6,8 @@ from typing import Any
 
 from flask import Blueprint, abort, redirect, render_template, request, session, url_for
 from flask.typing import ResponseReturnValue
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
 
 from storefront.jobs.state import get_job
 from storefront.jobs.stripe_events import confirm_return
@@ -20,9 +22,9 @@ ORDERS_IN_COOKIE = 20
 
 # (step label, states in which it is done) in the order a buyer sees them.
 STEPS = (
-    ("Payment received", {"pending", "processing", "completed", "failed"}),
-    ("Upscaling", {"completed", "failed"}),
-    ("Ready: download link emailed", {"completed"}),
+    (_l("Payment received"), {"pending", "processing", "completed", "failed"}),
+    (_l("Upscaling"), {"completed", "failed"}),
+    (_l("Ready: download link emailed"), {"completed"}),
 )
 
 
@@ -49,29 +51,33 @@ def _authorised_job(job_id: str) -> Job:
 
 
 def order_state(job: Job) -> dict[str, Any]:
-    """What the order page says about a job; never a download link."""
+    """What the order page says about a job, in the page's language; never a download link."""
     status = job.status or "awaiting_payment"
-    email = job.email or "the address you gave Stripe"
+    email = job.email or _("the address you gave Stripe")
     messages = {
-        "awaiting_payment": ("Confirming your payment…", "This usually takes a few seconds."),
-        "pending": ("Paid: in the queue", "Your image is waiting for the next free upscaler."),
-        "processing": ("Upscaling your image…", "Large images can take a few minutes."),
+        "awaiting_payment": (_("Confirming your payment…"), _("This usually takes a few seconds.")),
+        "pending": (
+            _("Paid: in the queue"),
+            _("Your image is waiting for the next free upscaler."),
+        ),
+        "processing": (_("Upscaling your image…"), _("Large images can take a few minutes.")),
         "completed": (
-            "Ready: check your email",
-            f"We've sent the download link to {email}.",
+            _("Ready: check your email"),
+            _("We've sent the download link to %(email)s.", email=email),
         ),
         "failed": (
-            "We couldn't process your image",
-            "You have been refunded in full; the refund shows on your statement in a few days.",
+            _("We couldn't process your image"),
+            _("You have been refunded in full; the refund shows on your statement in a few days."),
         ),
         "abandoned": (
-            "This checkout was not completed",
-            "Nothing was charged. You can go back to the image and try again.",
+            _("This checkout was not completed"),
+            _("Nothing was charged. You can go back to the image and try again."),
         ),
     }
     headline, detail = messages[status]
     if job.payment_status == "refunded" and status != "failed":
-        headline, detail = "Refunded", "This order was refunded; its download link no longer works."
+        headline = _("Refunded")
+        detail = _("This order was refunded; its download link no longer works.")
     steps = []
     current_found = False
     for label, done_in in STEPS:
@@ -84,7 +90,7 @@ def order_state(job: Job) -> dict[str, Any]:
             state, current_found = "current", True
         else:
             state = "todo"
-        steps.append({"label": label, "state": state})
+        steps.append({"label": str(label), "state": state})
     return {
         "status": status,
         "payment_status": job.payment_status,
