@@ -339,6 +339,8 @@ class BuyerSignIn(db.Model):  # type: ignore[name-defined]
     # Set once, by the one conditional UPDATE that signs the buyer in.
     used_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     signed_out_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    # The language the link was asked for in: its email is written in it.
+    locale: Mapped[str] = mapped_column(String(8), default="en", server_default="en")
 
 
 # The admin area: its accounts, sign-in throttling, settings and audit log.

@@ -477,3 +477,19 @@ def test_every_form_needs_its_csrf_token(app: Flask, csrf_app: Flask) -> None:  
     with_token = {"job_id": job.job_id, "csrf_token": csrf_token(listing)}
     assert browser.post("/my-orders/fresh-link", data=with_token).status_code == 303
     assert _fresh_link_emails() == 1
+
+
+def test_a_link_asked_for_on_a_german_page_is_mailed_in_german(
+    app: Flask, smtp_sink: SinkHandler, redis_url: str
+) -> None:
+    completed_job(app, make_attachment(app), email="ana@example.com")
+    db.session.commit()
+    client = app.test_client()
+    client.set_cookie("lang", "de")
+    assert _ask(client, "ana@example.com").status_code == 200
+    _send_queued_emails(app, redis_url)
+    (mail,) = smtp_sink.messages
+    assert mail["Subject"] == "Ihr Anmeldelink für „Meine Bestellungen“"
+    assert "Öffnen Sie diesen Link innerhalb von 60 Minuten" in text_of(mail)
+    assert 'lang="de"' in html_of(mail)
+    assert SIGN_IN_LINK.search(text_of(mail)) is not None

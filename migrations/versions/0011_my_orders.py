@@ -28,6 +28,7 @@ def upgrade():
         sa.Column("expires_at", sa.DateTime(), nullable=False),
         sa.Column("used_at", sa.DateTime(), nullable=True),
         sa.Column("signed_out_at", sa.DateTime(), nullable=True),
+        sa.Column("locale", sa.String(length=8), server_default="en", nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_buyer_sign_ins")),
         sa.UniqueConstraint("outbox_id", name=op.f("uq_buyer_sign_ins_outbox_id")),
         sa.UniqueConstraint("token_hash", name=op.f("uq_buyer_sign_ins_token_hash")),

@@ -16,11 +16,12 @@ import logging
 from enum import Enum
 
 from flask import current_app, render_template
+from flask_babel import force_locale
 from flask_babel import gettext as _
 from flask_mail import Message
 from sqlalchemy import select, update
 
-from storefront import transactions
+from storefront import i18n, transactions
 from storefront.buyers.orders import has_orders, normalise_email
 from storefront.extensions import db
 from storefront.jobs import metrics, outbox
@@ -46,12 +47,13 @@ def sign_in_token(outbox_id: int, email: str, expires_at: dt.datetime) -> str:
     return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
 
 
-def request_sign_in(email: str) -> None:
+def request_sign_in(email: str, locale: str = i18n.DEFAULT_LANGUAGE) -> None:
     """Write a sign-in link and its email for `email`; commits, then hands the email to RQ.
 
     The same work for every address: whether it has orders is the email task's question
     (`deliver_sign_in_email`), so neither the answer nor its timing tells anyone. An address
-    without orders gets no email, and its link, never sent, signs no one in.
+    without orders gets no email, and its link, never sent, signs no one in. The email is
+    written in `locale`, the language of the page it was asked from.
     """
     email = normalise_email(email)
     outbox_id = outbox.add(EMAIL_KIND, OUTBOX_SUBJECT, once=False)
@@ -64,6 +66,7 @@ def request_sign_in(email: str) -> None:
             token_hash=token_digest(token),
             outbox_id=outbox_id,
             expires_at=expires_at,
+            locale=i18n.order_language(locale),
         )
     )
     transactions.commit(lambda: hand_over(outbox_id))
@@ -165,13 +168,14 @@ def deliver_sign_in_email(outbox_id: int) -> str:
         return _done(outbox_id, "the secret key changed: the link can't be written")
     base = current_app.config["PUBLIC_BASE_URL"]
     values = {"sign_in_url": f"{base}/my-orders/{token}", "base": base, "minutes": 60}
-    message = Message(
-        subject=_("Your sign-in link for My orders"),
-        sender=sender(),
-        recipients=[row.email],
-        body=render_template("email/sign_in.txt", **values),
-        html=render_template("email/sign_in.html", **values),
-    )
+    with force_locale(i18n.order_language(row.locale)):
+        message = Message(
+            subject=_("Your sign-in link for My orders"),
+            sender=sender(),
+            recipients=[row.email],
+            body=render_template("email/sign_in.txt", **values),
+            html=render_template("email/sign_in.html", **values),
+        )
     try:
         send(message)
     except Exception:

@@ -18,8 +18,8 @@ from flask import (
     url_for,
 )
 from flask.typing import ResponseReturnValue
+from flask_babel import get_locale, lazy_gettext
 from flask_babel import gettext as _
-from flask_babel import lazy_gettext
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from werkzeug.wrappers import Response
 
@@ -143,7 +143,7 @@ def ask() -> ResponseReturnValue:
     form = MyOrdersForm()
     if not form.validate():
         return _ask_page(form, 400)
-    request_sign_in(form.email.data)
+    request_sign_in(form.email.data, str(get_locale()))
     return _ask_page(form, sent=True)
 
 
