@@ -335,7 +335,7 @@ def start_workers(config: dict[str, Any], count: int, folder: Path) -> list[Work
 def ready_mails(sink: SinkHandler, buyers: dict[str, str]) -> Counter[str]:
     """The "ready" messages the sink accepted, counted by job (each order has its own buyer's
     address); a message sent again under the same Message-ID counts again."""
-    subject = KINDS["ready"].subject
+    subject = str(KINDS["ready"].subject)
     found: Counter[str] = Counter()
     message: EmailMessage
     for message in list(sink.messages):

@@ -1126,7 +1126,7 @@ class Chaos:
         """Each recipient's mails, counted by kind (known by subject), a message sent again after a
         crash (the same Message-ID, which mail clients show once) counted once."""
         assert self.smtp is not None
-        kinds = {spec.subject: kind for kind, spec in KINDS.items()}
+        kinds = {str(spec.subject): kind for kind, spec in KINDS.items()}
         found: defaultdict[str, Counter[str]] = defaultdict(Counter)
         seen: set[str] = set()
         message: EmailMessage

@@ -171,7 +171,7 @@ def test_a_ready_mail_sent_again_after_a_crash_is_the_same_mail_with_a_working_l
         lambda: db.session.scalars(row.execution_options(populate_existing=True)).one().finished_at,
         timeout=40,
     )
-    ready = [m for m in sink.messages if str(m["Subject"]) == KINDS["ready"].subject]
+    ready = [m for m in sink.messages if str(m["Subject"]) == str(KINDS["ready"].subject)]
     links = [re.search(r"/download/[0-9a-f]{64}", text_of(mail)) for mail in ready]
     client = app.test_client()
     working = [link for link in links if link and client.get(link.group(0)).status_code == 200]

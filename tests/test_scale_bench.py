@@ -18,7 +18,7 @@ def mail(to: str, kind: str, message_id: str) -> EmailMessage:
     """A message as the sink keeps it."""
     message = EmailMessage()
     message["To"] = to
-    message["Subject"] = KINDS[kind].subject
+    message["Subject"] = str(KINDS[kind].subject)
     message["Message-ID"] = message_id
     return message
 
