@@ -104,7 +104,8 @@ def test_a_code_entered_at_stripe_pays_the_discounted_total_and_the_job_records_
 ) -> None:
     _flags(priced, codes=True)
     stripe_local.create_promotion_code("SAVE20", percent_off=20)
-    job = _buy(priced, priced.test_client(), email="buyer@example.com")
+    buyer = priced.test_client()
+    job = _buy(priced, buyer, email="buyer@example.com")
     stripe_local.apply_promotion_code(job.stripe_checkout_session_id or "", "SAVE20")
     paid = _pay(live_app, stripe_local, job)
     assert paid.payment_status == "paid"
@@ -118,6 +119,11 @@ def test_a_code_entered_at_stripe_pays_the_discounted_total_and_the_job_records_
     assert intent["amount"] == 800
     (note,) = _events(job.job_id, "paid")
     assert note.message.startswith("8.00 usd (price 10.00, discount 2.00, tax 0.00)")
+    # The buyer's order page shows the same breakdown.
+    page = text(buyer.get(f"/orders/{job.job_id}"))
+    assert "<dt>Price</dt><dd>$10.00</dd>" in page
+    assert "<dt>Discount</dt><dd>−$2.00</dd>" in page
+    assert "<dt>Total paid</dt><dd>$8.00</dd>" in page and "<dt>Tax</dt>" not in page
 
 
 def test_tax_is_charged_on_top_and_a_full_refund_returns_what_was_charged(
