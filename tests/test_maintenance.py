@@ -16,15 +16,24 @@ from flask.testing import FlaskClient, FlaskCliRunner
 from redis import Redis
 from rq import Queue
 from rq.registry import ScheduledJobRegistry
-from sqlalchemy import select
+from sqlalchemy import func, select
 
+from storefront.buyers.sign_in import request_sign_in
 from storefront.extensions import db
 from storefront.jobs.delivery import LinkState, find_link, new_token
 from storefront.jobs.state import record_event
 from storefront.maintenance import archive, cleanup
 from storefront.maintenance import operations as maintenance
 from storefront.maintenance.report import MaintenanceError
-from storefront.models import AdminAction, DownloadLog, Job, JobEvent, utcnow
+from storefront.models import (
+    AdminAction,
+    BuyerSignIn,
+    DownloadLog,
+    EmailOutbox,
+    Job,
+    JobEvent,
+    utcnow,
+)
 from storefront.storage import backend
 from tests import admin_helpers
 from tests.admin_helpers import completed_job, fresh, text
@@ -355,12 +364,17 @@ def test_scheduled_run_does_everything_and_logs_it(
 ) -> None:
     app.config.update(ARCHIVE_AFTER_DAYS=365, ARCHIVE_DIR=str(tmp_path / "archives"))
     reports = maintenance.run_scheduled()
-    assert [r.operation for r in reports] == ["expired files", "leftovers", "archive"]
+    assert [r.operation for r in reports] == [
+        "expired files",
+        "leftovers",
+        "sign-in links",
+        "archive",
+    ]
     assert reports[0].counts["files"] == 3  # two from `deliveries`, one from `history`
     (export,) = (tmp_path / "archives").iterdir()
     assert export.suffix == ".jsonl"
     # `with_file` lost its file first in the same run, so it is archived with the other two.
-    assert reports[2].counts["jobs"] == 3
+    assert reports[3].counts["jobs"] == 3
     assert db.session.scalar(select(AdminAction).where(AdminAction.action == "maintenance"))
 
 
@@ -441,3 +455,28 @@ def test_archive_button_writes_an_export_to_download(
     assert completed_id in download.get_data(as_text=True)
     download.close()
     assert admin_client.get("/admin/maintenance/archives/..%2Fsecret").status_code == 404
+
+
+def test_the_daily_run_forgets_my_orders_sign_ins_once_their_sessions_are_over(
+    app: Flask,
+) -> None:
+    for email in ("old@example.com", "recent@example.com"):
+        request_sign_in(email)
+    rows = {row.email: row for row in db.session.scalars(select(BuyerSignIn))}
+    rows["old@example.com"].expires_at = utcnow() - dt.timedelta(days=8, minutes=1)
+    rows["recent@example.com"].expires_at = utcnow() - dt.timedelta(days=7, hours=23)
+    old_outbox, recent_outbox = (
+        rows[e].outbox_id for e in ("old@example.com", "recent@example.com")
+    )
+    db.session.commit()
+
+    (dry,) = [r for r in maintenance.run_scheduled(dry_run=True) if r.operation == "sign-in links"]
+    assert dry.counts == {"sign-in links forgotten": 1}
+    assert db.session.scalar(select(func.count(BuyerSignIn.id))) == 2
+
+    (done,) = [r for r in maintenance.run_scheduled() if r.operation == "sign-in links"]
+    assert done.counts == {"sign-in links forgotten": 1}
+    db.session.expire_all()
+    assert [row.email for row in db.session.scalars(select(BuyerSignIn))] == ["recent@example.com"]
+    assert db.session.get(EmailOutbox, old_outbox) is None
+    assert db.session.get(EmailOutbox, recent_outbox) is not None

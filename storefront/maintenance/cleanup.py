@@ -11,16 +11,19 @@ import datetime as dt
 import time
 
 from flask import Flask, current_app
-from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 
 from storefront import settings, transactions
 from storefront.extensions import db
 from storefront.jobs.state import record_event
 from storefront.maintenance.report import Report, finish
-from storefront.models import Job, utcnow
+from storefront.models import BuyerSignIn, EmailOutbox, Job, utcnow
 from storefront.storage import TEMPORARY_PREFIX, backend, remove_stored_file
 
 TEMP_MAX_AGE = dt.timedelta(days=1)
+# A "My orders" link lives an hour and the session it opens 7 days: past 8 days, a sign-in row
+# and the outbox row of its email are of no use to anyone.
+SIGN_IN_MAX_AGE = dt.timedelta(days=8)
 BATCH = 500
 
 
@@ -189,3 +192,19 @@ def _remove_temporary_files(report: Report, day_ago: dt.datetime) -> None:
         report.add(kind)
         report.note(found.key)
         report.bytes += found.size
+
+
+def forget_old_sign_ins(*, dry_run: bool, now: dt.datetime | None = None) -> Report:
+    """Delete "My orders" sign-in rows (and their emails' outbox rows) whose link expired more
+    than SIGN_IN_MAX_AGE ago: every session they opened has ended by then."""
+    started = time.monotonic()
+    report = Report("sign-in links", dry_run)
+    old = BuyerSignIn.expires_at < (now or utcnow()) - SIGN_IN_MAX_AGE
+    count = db.session.scalar(select(func.count(BuyerSignIn.id)).where(old)) or 0
+    if count and not dry_run:
+        outbox_ids = select(BuyerSignIn.outbox_id).where(old).scalar_subquery()
+        db.session.execute(delete(EmailOutbox).where(EmailOutbox.id.in_(outbox_ids)))
+        db.session.execute(delete(BuyerSignIn).where(old))
+        transactions.commit()
+    report.add("sign-in links forgotten", count)
+    return finish(report, started)

@@ -10,7 +10,11 @@ from flask import Flask, current_app
 from storefront import settings, transactions
 from storefront.accounts.audit import log_action
 from storefront.maintenance.archive import archive_jobs, default_archive_path
-from storefront.maintenance.cleanup import cleanup_expired_files, remove_leftovers
+from storefront.maintenance.cleanup import (
+    cleanup_expired_files,
+    forget_old_sign_ins,
+    remove_leftovers,
+)
 from storefront.maintenance.report import MaintenanceError, Report
 from storefront.models import utcnow
 
@@ -20,12 +24,14 @@ def _app() -> Flask:
 
 
 def run_scheduled(*, dry_run: bool = False, now: dt.datetime | None = None) -> list[Report]:
-    """What the daily job does: expired files, leftovers, and the archive when it is turned on."""
+    """What the daily job does: expired files, leftovers, old "My orders" sign-in links, and the
+    archive when it is turned on."""
     app = _app()
     now = now or utcnow()
     reports = [
         cleanup_expired_files(dry_run=dry_run, now=now),
         remove_leftovers(dry_run=dry_run, now=now),
+        forget_old_sign_ins(dry_run=dry_run, now=now),
     ]
     days = int(settings.get("ARCHIVE_AFTER_DAYS"))
     if days > 0:
