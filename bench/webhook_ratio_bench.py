@@ -4,9 +4,13 @@ gunicorn settings.
 
     .venv/bin/python bench/webhook_ratio_bench.py [--pairs 5] [--deliveries 1000] [--concurrency 50]
                                                   [--workers 4] [--seed 1]
+                                                  [--database sqlite|postgresql]
 
 It sets up what `webhook_bench.py` does (a fresh SQLite database, its own `redis-server`, gunicorn
-`-k gthread --threads 4` on free loopback ports) plus the floor's gunicorn. Each pair seeds a new
+`-k gthread --threads 4` on free loopback ports) plus the floor's gunicorn. With `--database
+postgresql` the shop's database is instead a new one in a throwaway PostgreSQL cluster on a unix
+socket (as scripts/test.sh starts one; fsync on, so a commit waits for the disk as in production),
+built by the migrations; PostgreSQL must be installed (scripts/setup.sh test). Each pair seeds a new
 batch of jobs awaiting payment (four fifths of `--deliveries`), POSTs their signed
 `checkout.session.completed` events plus a fifth of duplicates, shuffled, from `--concurrency`
 threads to the shop (A), re-sends what was not 2xx as Stripe would, checks that every job of every
@@ -39,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.processes import free_port, stop  # noqa: E402
+from bench.processes import ThrowawayPostgres, free_port, stop  # noqa: E402
 from bench.webhook_bench import (  # noqa: E402
     GUNICORN_THREADS,
     RETRY_PAUSE_SECONDS,
@@ -149,7 +153,11 @@ def run(args: argparse.Namespace, scratch: Path) -> bool:
     rng = random.Random(args.seed)
     processes: list[subprocess.Popen[bytes]] = []
     load_before = os.getloadavg()
+    postgres: ThrowawayPostgres | None = None
     try:
+        if args.database == "postgresql":
+            postgres = ThrowawayPostgres("smi-webhook-pg-", durable=True).start()
+            settings["DATABASE_URL"] = postgres.create_database("webhook_bench")
         upgrade_schema(settings)
         processes.append(start_redis(scratch, redis_port))
         shop = start_gunicorn("wsgi:app", shop_port, args.workers, settings, scratch / "shop.log")
@@ -167,7 +175,8 @@ def run(args: argparse.Namespace, scratch: Path) -> bool:
         print(
             f"{args.pairs} pairs of {args.deliveries} deliveries ({distinct} distinct events, "
             f"{duplicates} duplicates) from {args.concurrency} senders; gunicorn {args.workers} "
-            f"workers x {GUNICORN_THREADS} threads each; load average {load_before[0]:.2f}",
+            f"workers x {GUNICORN_THREADS} threads each; {args.database}; "
+            f"load average {load_before[0]:.2f}",
             flush=True,
         )
         print(f"{'pair':<6}{'shop/s':>9}{'floor/s':>10}{'ratio':>8}  shop answers, checks")
@@ -207,6 +216,8 @@ def run(args: argparse.Namespace, scratch: Path) -> bool:
     finally:
         for process in reversed(processes):
             stop(process)
+        if postgres is not None:
+            postgres.stop()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -217,6 +228,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=50, help="senders at once (default 50)")
     parser.add_argument("--workers", type=int, default=4, help="gunicorn workers (default 4)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the duplicates and order")
+    parser.add_argument(
+        "--database",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="the shop's database: a fresh SQLite file (default) or a throwaway PostgreSQL",
+    )
     args = parser.parse_args(argv)
     if args.deliveries < 5 or args.concurrency < 1 or args.workers < 1 or args.pairs < 1:
         parser.error("--deliveries must be at least 5; the others at least 1")
