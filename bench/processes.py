@@ -75,6 +75,10 @@ class ThrowawayPostgres:
         self._run(str(self.bin / "createdb"), "-h", str(self.folder), "-U", "smi", name)
         return f"postgresql://smi@/{name}?host={self.folder}"
 
+    def postmaster_pid(self) -> int:
+        """The PID of the server's main process (its backends are its children)."""
+        return int((self.folder / "data" / "postmaster.pid").read_text().split()[0])
+
     def stop(self) -> None:
         """Stop it at once and delete its folder."""
         if self.started:

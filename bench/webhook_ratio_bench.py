@@ -91,22 +91,48 @@ def start_gunicorn(
     return process
 
 
-def peak_memory_kib(pid: int) -> tuple[int, int]:
-    """The largest VmHWM (peak RSS) among `pid` and its descendants, and their sum, in KiB."""
-    peaks: list[int] = []
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants that are running now."""
+    found: list[int] = []
     pending = [pid]
     while pending:
         current = pending.pop()
         try:
-            status = Path(f"/proc/{current}/status").read_text()
             children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
         except OSError:
             continue  # ended meanwhile
+        found.append(current)
+        pending.extend(int(child) for child in children)
+    return found
+
+
+def peak_memory_kib(pid: int) -> tuple[int, int]:
+    """The largest VmHWM (peak RSS) among `pid` and its descendants, and their sum, in KiB."""
+    peaks: list[int] = []
+    for current in process_tree(pid):
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+        except OSError:
+            continue
         for line in status.splitlines():
             if line.startswith("VmHWM:"):
                 peaks.append(int(line.split()[1]))
-        pending.extend(int(child) for child in children)
     return (max(peaks, default=0), sum(peaks))
+
+
+def cpu_seconds(*roots: int) -> float:
+    """CPU time (user + system) used so far by the roots and their descendants, those that
+    ended included (as far as their parents waited for them)."""
+    total = 0
+    for root in roots:
+        for current in process_tree(root):
+            try:
+                fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            # utime, stime, cutime, cstime: fields 14-17 of proc(5), the state being field 3.
+            total += sum(int(value) for value in fields[11:15])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def deliver_to_shop(
@@ -159,7 +185,9 @@ def run(args: argparse.Namespace, scratch: Path) -> bool:
             postgres = ThrowawayPostgres("smi-webhook-pg-", durable=True).start()
             settings["DATABASE_URL"] = postgres.create_database("webhook_bench")
         upgrade_schema(settings)
-        processes.append(start_redis(scratch, redis_port))
+        redis = start_redis(scratch, redis_port)
+        processes.append(redis)
+        services = [redis.pid] + ([postgres.postmaster_pid()] if postgres is not None else [])
         shop = start_gunicorn("wsgi:app", shop_port, args.workers, settings, scratch / "shop.log")
         processes.append(shop)
         floor = start_gunicorn(
@@ -179,21 +207,36 @@ def run(args: argparse.Namespace, scratch: Path) -> bool:
             f"load average {load_before[0]:.2f}",
             flush=True,
         )
-        print(f"{'pair':<6}{'shop/s':>9}{'floor/s':>10}{'ratio':>8}  shop answers, checks")
+        print(
+            f"{'pair':<6}{'shop/s':>9}{'floor/s':>10}{'ratio':>8}{'CPU ms/delivery: shop':>23}"
+            f"{'+ services':>11}{'floor':>7}  shop answers, checks"
+        )
         ratios: list[float] = []
+        cpu_rows: list[tuple[float, float, float]] = []
         all_passed = True
         for pair in range(1, args.pairs + 1):
             batch = seed_sales(settings, distinct, first=len(sales) + 1)
             sales += batch
             deliveries = build_deliveries(batch, duplicates, rng)
+            shop_cpu, services_cpu = cpu_seconds(shop.pid), cpu_seconds(*services)
             shop_rate, note, unresolved = deliver_to_shop(shop_url, deliveries, args.concurrency)
+            shop_cpu, services_cpu = (
+                cpu_seconds(shop.pid) - shop_cpu,
+                cpu_seconds(*services) - services_cpu,
+            )
             checks = count_results(settings, sales)
             wrong = [f"{c.name} {c.found}/{c.expected}" for c in checks if not c.passed]
+            floor_cpu = cpu_seconds(floor.pid)
             floor_rate = deliver_to_floor(floor_url, deliveries, args.concurrency)
+            floor_cpu = cpu_seconds(floor.pid) - floor_cpu
             ratios.append(shop_rate / floor_rate)
+            cpu_rows.append(
+                tuple(1000 * s / len(deliveries) for s in (shop_cpu, services_cpu, floor_cpu))  # type: ignore[misc]
+            )
             verdict = "all correct" if not wrong else "WRONG: " + "; ".join(wrong)
             print(
-                f"{pair:<6}{shop_rate:>9.1f}{floor_rate:>10.1f}{ratios[-1]:>8.3f}  "
+                f"{pair:<6}{shop_rate:>9.1f}{floor_rate:>10.1f}{ratios[-1]:>8.3f}"
+                f"{cpu_rows[-1][0]:>23.1f}{cpu_rows[-1][1]:>11.1f}{cpu_rows[-1][2]:>7.1f}  "
                 f"{note}; {verdict}",
                 flush=True,
             )
@@ -204,6 +247,12 @@ def run(args: argparse.Namespace, scratch: Path) -> bool:
         print(
             f"ratio shop/floor      median {statistics.median(ratios):.3f} "
             f"(min {min(ratios):.3f}, max {max(ratios):.3f})"
+        )
+        medians = [statistics.median(row[i] for row in cpu_rows) for i in range(3)]
+        print(
+            f"CPU ms per delivery   median shop {medians[0]:.1f} + services (Redis"
+            f"{', PostgreSQL' if postgres is not None else ''}) {medians[1]:.1f}, "
+            f"floor {medians[2]:.1f}"
         )
         print(
             f"peak memory           shop: largest process {shop_peak / 1024:.0f} MiB, all "
