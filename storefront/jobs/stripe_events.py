@@ -236,7 +236,7 @@ def fulfil_checkout_session(session: dict[str, Any]) -> Outcome:
     )
     metrics.count_on_commit(metrics.PAYMENTS, resolution=job.resolution)
     # The email is written down in this transaction: one commit less than a transaction of its own.
-    return Outcome(changed=True, note="paid", after_commit=queue_after_payment(job.job_id))
+    return Outcome(changed=True, note="paid", after_commit=queue_after_payment(job.job_id, job))
 
 
 def abandon_checkout_session(session: dict[str, Any], reason: str) -> Outcome:
