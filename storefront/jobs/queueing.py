@@ -20,7 +20,6 @@ from storefront import logs, transactions
 from storefront.jobs import outbox
 from storefront.jobs.estimates import engine_for, neural_seconds
 from storefront.jobs.state import get_job
-from storefront.models import Job
 from storefront.queues import DEFAULT_QUEUE, UPSCALE_QUEUE, get_queue
 from storefront.transactions import AfterCommit
 
@@ -80,19 +79,22 @@ def _enqueue_once(
     return True
 
 
-def processing_timeout(job_id: str, job: Job | None = None) -> int:
+def processing_timeout(job_id: str, size: tuple[int | None, int | None, int] | None = None) -> int:
     """Seconds an upscale may run: the setting, or three times the neural engine's estimate.
 
-    `job` is the job if the caller has it loaded already (its size and tier never change)."""
+    `size` is the job's (width, height, factor) when the caller has them (they never change)."""
     config = current_app.config
     timeout = int(config["PROCESSING_TIMEOUT_MINUTES"]) * 60
-    if job is None:
+    if size is None:
         job = get_job(job_id)
-    if job is None or not job.image_width or not job.image_height:
+        if job is None:
+            return timeout
+        size = (job.image_width, job.image_height, job.factor)
+    width, height, factor = size
+    if not width or not height:
         return timeout
-    if engine_for(job.image_width, job.image_height, job.factor, config) == "neural":
-        estimate = neural_seconds(job.image_width, job.image_height, job.factor)
-        timeout = max(timeout, int(3 * estimate))
+    if engine_for(width, height, factor, config) == "neural":
+        timeout = max(timeout, int(3 * neural_seconds(width, height, factor)))
     return timeout
 
 
@@ -211,12 +213,14 @@ def enqueue_upsampler_check(job_id: str, *, delay_seconds: int = 0, attempt: int
     return True
 
 
-def queue_after_payment(job_id: str, job: Job | None = None) -> list[AfterCommit]:
+def queue_after_payment(
+    job_id: str, size: tuple[int | None, int | None, int] | None = None
+) -> list[AfterCommit]:
     """In the payment's transaction: write the "payment received" email into the outbox; return
-    the after-commit actions that queue the upscale and hand the email to RQ (`job`: the job,
-    if the caller has it loaded)."""
+    the after-commit actions that queue the upscale and hand the email to RQ (`size`: as for
+    `processing_timeout`)."""
     handover = queue_email("paid", job_id)
-    timeout = processing_timeout(job_id, job)
+    timeout = processing_timeout(job_id, size)
     return [lambda: enqueue_processing(job_id, timeout=timeout), handover]
 
 
