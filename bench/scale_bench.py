@@ -114,7 +114,7 @@ class Rig:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.postgres = ThrowawayPostgres()
+        self.postgres = ThrowawayPostgres("smi-scale-pg-")
         self.redis = RedisServer(workdir)
         self.s3 = LocalS3(workdir / "s3" / "data", workdir / "s3" / "logs")
         self.smtp: SinkHandler | None = None

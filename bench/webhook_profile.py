@@ -58,7 +58,7 @@ AREAS = (
     ("    hand_over (email)", "storefront/jobs/queueing.py", "hand_over"),
     ("    _enqueue_once (both)", "storefront/jobs/queueing.py", "_enqueue_once"),
     ("metrics._write (Redis)", "storefront/jobs/metrics.py", "_write"),
-    ("logging (Logger.handle)", "logging/__init__.py", "handle"),
+    ("logging (Logger.callHandlers)", "logging/__init__.py", "callHandlers"),
     ("SQL executed (Connection._execute_context)", "sqlalchemy/engine/base.py", "_execute_context"),
     ("  SQL compiled (compile)", "sqlalchemy/sql/elements.py", "_compile_w_cache"),
     ("Redis commands (Redis.execute_command)", "redis/client.py", "execute_command"),
