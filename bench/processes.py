@@ -1,9 +1,14 @@
-"""Child processes of the benchmarks: a free port to give one, and stopping one."""
+"""Child processes of the benchmarks: a free port to give one, stopping one, and a throwaway
+PostgreSQL cluster."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import subprocess
+import tempfile
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -24,3 +29,64 @@ def stop(process: subprocess.Popen[bytes] | None) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=5)
+
+
+class ThrowawayPostgres:
+    """A PostgreSQL cluster in a temporary folder that listens on a unix socket only, as
+    scripts/test.sh starts one: as the `postgres` user when run as root, trust authentication.
+
+    `durable` keeps PostgreSQL's fsync on, so that a commit waits for the disk as in production;
+    without it (the default) nothing is flushed, as suits a benchmark of other things."""
+
+    def __init__(self, prefix: str = "smi-bench-pg-", *, durable: bool = False) -> None:
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
+        if not found:
+            raise RuntimeError("PostgreSQL is not installed (scripts/setup.sh test installs it)")
+        self.bin = found[-1]
+        self.folder = Path(tempfile.mkdtemp(prefix=prefix))
+        self.as_postgres: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(self.folder, "postgres")
+            self.as_postgres = ["runuser", "-u", "postgres", "--"]
+        self.durable = durable
+        self.started = False
+
+    def _run(self, *command: str) -> None:
+        subprocess.run(
+            [*self.as_postgres, *command], check=True, capture_output=True, text=True, timeout=120
+        )
+
+    def start(self) -> ThrowawayPostgres:
+        """initdb, then start it on a socket in its folder (fsync off unless `durable`)."""
+        data = self.folder / "data"
+        self._run(str(self.bin / "initdb"), "-D", str(data), "-U", "smi", "--auth=trust")
+        options = f"-k {self.folder} -c listen_addresses=''"
+        if not self.durable:
+            options += " -c fsync=off"
+        self._run(
+            *(str(self.bin / "pg_ctl"), "-D", str(data), "-l", str(self.folder / "log")),
+            *("-w", "-o", options, "start"),
+        )
+        self.started = True
+        return self
+
+    def create_database(self, name: str) -> str:
+        """A new empty database; its SQLAlchemy URL."""
+        self._run(str(self.bin / "createdb"), "-h", str(self.folder), "-U", "smi", name)
+        return f"postgresql://smi@/{name}?host={self.folder}"
+
+    def postmaster_pid(self) -> int:
+        """The PID of the server's main process (its backends are its children)."""
+        return int((self.folder / "data" / "postmaster.pid").read_text().split()[0])
+
+    def stop(self) -> None:
+        """Stop it at once and delete its folder."""
+        if self.started:
+            subprocess.run(
+                [*self.as_postgres, str(self.bin / "pg_ctl"), "-D", str(self.folder / "data")]
+                + ["-m", "immediate", "stop"],
+                capture_output=True,
+                timeout=60,
+            )
+            self.started = False
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -58,6 +58,7 @@ from redis import Redis  # noqa: E402
 from rq.registry import FailedJobRegistry, FinishedJobRegistry  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
+from bench.processes import ThrowawayPostgres  # noqa: E402
 from bench.upscale_bench import make_photo  # noqa: E402
 from bench.webhook_bench import Sale, completed_event  # noqa: E402
 from devservers.seaweed import LocalS3, hermetic_aws_environment  # noqa: E402
@@ -77,57 +78,6 @@ from tests.factories import make_attachment, make_job, make_post, store_bytes  #
 ORIGINALS = 5  # distinct photos; the orders cycle over them
 FACTOR = 4
 STOP_SECONDS = 30.0
-
-
-class ThrowawayPostgres:
-    """A PostgreSQL cluster in a temporary folder that listens on a unix socket only, as
-    scripts/test.sh starts one: as the `postgres` user when run as root, trust authentication."""
-
-    def __init__(self) -> None:
-        found = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
-        if not found:
-            raise RuntimeError("PostgreSQL is not installed (scripts/setup.sh test installs it)")
-        self.bin = found[-1]
-        self.folder = Path(tempfile.mkdtemp(prefix="smi-scale-pg-"))
-        self.as_postgres: list[str] = []
-        if os.geteuid() == 0:
-            shutil.chown(self.folder, "postgres")
-            self.as_postgres = ["runuser", "-u", "postgres", "--"]
-        self.started = False
-
-    def _run(self, *command: str) -> None:
-        subprocess.run(
-            [*self.as_postgres, *command], check=True, capture_output=True, text=True, timeout=120
-        )
-
-    def start(self) -> ThrowawayPostgres:
-        """initdb, then start it on a socket in its folder, with fsync off (nothing to keep)."""
-        data = self.folder / "data"
-        self._run(str(self.bin / "initdb"), "-D", str(data), "-U", "smi", "--auth=trust")
-        options = f"-k {self.folder} -c listen_addresses='' -c fsync=off"
-        self._run(
-            *(str(self.bin / "pg_ctl"), "-D", str(data), "-l", str(self.folder / "log")),
-            *("-w", "-o", options, "start"),
-        )
-        self.started = True
-        return self
-
-    def create_database(self, name: str) -> str:
-        """A new empty database; its SQLAlchemy URL."""
-        self._run(str(self.bin / "createdb"), "-h", str(self.folder), "-U", "smi", name)
-        return f"postgresql://smi@/{name}?host={self.folder}"
-
-    def stop(self) -> None:
-        """Stop it at once and delete its folder."""
-        if self.started:
-            subprocess.run(
-                [*self.as_postgres, str(self.bin / "pg_ctl"), "-D", str(self.folder / "data")]
-                + ["-m", "immediate", "stop"],
-                capture_output=True,
-                timeout=60,
-            )
-            self.started = False
-        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 @dataclass
@@ -164,7 +114,7 @@ class Rig:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.postgres = ThrowawayPostgres()
+        self.postgres = ThrowawayPostgres("smi-scale-pg-")
         self.redis = RedisServer(workdir)
         self.s3 = LocalS3(workdir / "s3" / "data", workdir / "s3" / "logs")
         self.smtp: SinkHandler | None = None

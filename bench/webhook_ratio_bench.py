@@ -4,9 +4,13 @@ gunicorn settings.
 
     .venv/bin/python bench/webhook_ratio_bench.py [--pairs 5] [--deliveries 1000] [--concurrency 50]
                                                   [--workers 4] [--seed 1]
+                                                  [--database sqlite|postgresql]
 
 It sets up what `webhook_bench.py` does (a fresh SQLite database, its own `redis-server`, gunicorn
-`-k gthread --threads 4` on free loopback ports) plus the floor's gunicorn. Each pair seeds a new
+`-k gthread --threads 4` on free loopback ports) plus the floor's gunicorn. With `--database
+postgresql` the shop's database is instead a new one in a throwaway PostgreSQL cluster on a unix
+socket (as scripts/test.sh starts one; fsync on, so a commit waits for the disk as in production),
+built by the migrations; PostgreSQL must be installed (scripts/setup.sh test). Each pair seeds a new
 batch of jobs awaiting payment (four fifths of `--deliveries`), POSTs their signed
 `checkout.session.completed` events plus a fifth of duplicates, shuffled, from `--concurrency`
 threads to the shop (A), re-sends what was not 2xx as Stripe would, checks that every job of every
@@ -39,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.processes import free_port, stop  # noqa: E402
+from bench.processes import ThrowawayPostgres, free_port, stop  # noqa: E402
 from bench.webhook_bench import (  # noqa: E402
     GUNICORN_THREADS,
     RETRY_PAUSE_SECONDS,
@@ -87,22 +91,48 @@ def start_gunicorn(
     return process
 
 
-def peak_memory_kib(pid: int) -> tuple[int, int]:
-    """The largest VmHWM (peak RSS) among `pid` and its descendants, and their sum, in KiB."""
-    peaks: list[int] = []
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants that are running now."""
+    found: list[int] = []
     pending = [pid]
     while pending:
         current = pending.pop()
         try:
-            status = Path(f"/proc/{current}/status").read_text()
             children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
         except OSError:
             continue  # ended meanwhile
+        found.append(current)
+        pending.extend(int(child) for child in children)
+    return found
+
+
+def peak_memory_kib(pid: int) -> tuple[int, int]:
+    """The largest VmHWM (peak RSS) among `pid` and its descendants, and their sum, in KiB."""
+    peaks: list[int] = []
+    for current in process_tree(pid):
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+        except OSError:
+            continue
         for line in status.splitlines():
             if line.startswith("VmHWM:"):
                 peaks.append(int(line.split()[1]))
-        pending.extend(int(child) for child in children)
     return (max(peaks, default=0), sum(peaks))
+
+
+def cpu_seconds(*roots: int) -> float:
+    """CPU time (user + system) used so far by the roots and their descendants, those that
+    ended included (as far as their parents waited for them)."""
+    total = 0
+    for root in roots:
+        for current in process_tree(root):
+            try:
+                fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            # utime, stime, cutime, cstime: fields 14-17 of proc(5), the state being field 3.
+            total += sum(int(value) for value in fields[11:15])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def deliver_to_shop(
@@ -149,9 +179,15 @@ def run(args: argparse.Namespace, scratch: Path) -> bool:
     rng = random.Random(args.seed)
     processes: list[subprocess.Popen[bytes]] = []
     load_before = os.getloadavg()
+    postgres: ThrowawayPostgres | None = None
     try:
+        if args.database == "postgresql":
+            postgres = ThrowawayPostgres("smi-webhook-pg-", durable=True).start()
+            settings["DATABASE_URL"] = postgres.create_database("webhook_bench")
         upgrade_schema(settings)
-        processes.append(start_redis(scratch, redis_port))
+        redis = start_redis(scratch, redis_port)
+        processes.append(redis)
+        services = [redis.pid] + ([postgres.postmaster_pid()] if postgres is not None else [])
         shop = start_gunicorn("wsgi:app", shop_port, args.workers, settings, scratch / "shop.log")
         processes.append(shop)
         floor = start_gunicorn(
@@ -167,24 +203,40 @@ def run(args: argparse.Namespace, scratch: Path) -> bool:
         print(
             f"{args.pairs} pairs of {args.deliveries} deliveries ({distinct} distinct events, "
             f"{duplicates} duplicates) from {args.concurrency} senders; gunicorn {args.workers} "
-            f"workers x {GUNICORN_THREADS} threads each; load average {load_before[0]:.2f}",
+            f"workers x {GUNICORN_THREADS} threads each; {args.database}; "
+            f"load average {load_before[0]:.2f}",
             flush=True,
         )
-        print(f"{'pair':<6}{'shop/s':>9}{'floor/s':>10}{'ratio':>8}  shop answers, checks")
+        print(
+            f"{'pair':<6}{'shop/s':>9}{'floor/s':>10}{'ratio':>8}{'CPU ms/delivery: shop':>23}"
+            f"{'+ services':>11}{'floor':>7}  shop answers, checks"
+        )
         ratios: list[float] = []
+        cpu_rows: list[tuple[float, float, float]] = []
         all_passed = True
         for pair in range(1, args.pairs + 1):
             batch = seed_sales(settings, distinct, first=len(sales) + 1)
             sales += batch
             deliveries = build_deliveries(batch, duplicates, rng)
+            shop_cpu, services_cpu = cpu_seconds(shop.pid), cpu_seconds(*services)
             shop_rate, note, unresolved = deliver_to_shop(shop_url, deliveries, args.concurrency)
+            shop_cpu, services_cpu = (
+                cpu_seconds(shop.pid) - shop_cpu,
+                cpu_seconds(*services) - services_cpu,
+            )
             checks = count_results(settings, sales)
             wrong = [f"{c.name} {c.found}/{c.expected}" for c in checks if not c.passed]
+            floor_cpu = cpu_seconds(floor.pid)
             floor_rate = deliver_to_floor(floor_url, deliveries, args.concurrency)
+            floor_cpu = cpu_seconds(floor.pid) - floor_cpu
             ratios.append(shop_rate / floor_rate)
+            cpu_rows.append(
+                tuple(1000 * s / len(deliveries) for s in (shop_cpu, services_cpu, floor_cpu))  # type: ignore[misc]
+            )
             verdict = "all correct" if not wrong else "WRONG: " + "; ".join(wrong)
             print(
-                f"{pair:<6}{shop_rate:>9.1f}{floor_rate:>10.1f}{ratios[-1]:>8.3f}  "
+                f"{pair:<6}{shop_rate:>9.1f}{floor_rate:>10.1f}{ratios[-1]:>8.3f}"
+                f"{cpu_rows[-1][0]:>23.1f}{cpu_rows[-1][1]:>11.1f}{cpu_rows[-1][2]:>7.1f}  "
                 f"{note}; {verdict}",
                 flush=True,
             )
@@ -195,6 +247,12 @@ def run(args: argparse.Namespace, scratch: Path) -> bool:
         print(
             f"ratio shop/floor      median {statistics.median(ratios):.3f} "
             f"(min {min(ratios):.3f}, max {max(ratios):.3f})"
+        )
+        medians = [statistics.median(row[i] for row in cpu_rows) for i in range(3)]
+        print(
+            f"CPU ms per delivery   median shop {medians[0]:.1f} + services (Redis"
+            f"{', PostgreSQL' if postgres is not None else ''}) {medians[1]:.1f}, "
+            f"floor {medians[2]:.1f}"
         )
         print(
             f"peak memory           shop: largest process {shop_peak / 1024:.0f} MiB, all "
@@ -207,6 +265,8 @@ def run(args: argparse.Namespace, scratch: Path) -> bool:
     finally:
         for process in reversed(processes):
             stop(process)
+        if postgres is not None:
+            postgres.stop()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -217,6 +277,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=50, help="senders at once (default 50)")
     parser.add_argument("--workers", type=int, default=4, help="gunicorn workers (default 4)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the duplicates and order")
+    parser.add_argument(
+        "--database",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="the shop's database: a fresh SQLite file (default) or a throwaway PostgreSQL",
+    )
     args = parser.parse_args(argv)
     if args.deliveries < 5 or args.concurrency < 1 or args.workers < 1 or args.pairs < 1:
         parser.error("--deliveries must be at least 5; the others at least 1")

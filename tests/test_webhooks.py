@@ -11,13 +11,14 @@ import requests
 from flask import Flask
 from redis import Redis
 from rq import Queue
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from devservers.stripe_local import LocalStripe, sign
 from storefront.extensions import db
+from storefront.jobs.stripe_events import handle_event
 from storefront.models import FunnelEvent, Job, JobEvent, StripeEvent
 from tests.conftest import LiveApp, wait_until
-from tests.factories import make_attachment
+from tests.factories import make_attachment, make_job
 
 SECRET = "whsec_test_secret"
 
@@ -285,3 +286,72 @@ def test_database_failure_answers_5xx_so_stripe_retries(
     statuses = [d["status"] for d in stripe_local.deliveries("checkout.session.completed")]
     assert statuses[0] == 503 and statuses[-1] == 200
     assert _upscale_queue(live_app.app) == [f"upscale-{job.job_id}"]
+
+
+def test_a_paid_session_marks_its_job_paid_with_one_statement_and_reads_no_job_row(
+    app: Flask,
+) -> None:
+    """The burst path: one UPDATE … RETURNING pays the job; a payment that does not add up still
+    takes the path that loads the job and says why."""
+    attachment = make_attachment(app)
+    job = make_job(attachment, email="", stripe_checkout_session_id="cs_test_one_statement")
+    db.session.commit()
+    session = {
+        "id": "cs_test_one_statement",
+        "object": "checkout.session",
+        "amount_subtotal": 50,
+        "amount_total": 50,
+        "currency": "usd",
+        "customer_details": {"email": "payer@example.com"},
+        "metadata": {"job_id": job.job_id},
+        "payment_intent": "pi_one_statement",
+        "payment_status": "paid",
+        "status": "complete",
+        "total_details": {"amount_discount": 0, "amount_tax": 0},
+    }
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(" ".join(statement.split()).upper())
+
+    event.listen(db.engine, "before_cursor_execute", seen)
+    try:
+        cheap = {
+            **session,
+            "id": "cs_test_other",
+            "amount_total": 1,
+            "amount_subtotal": 1,
+            "metadata": {},
+        }
+        assert handle_event(_completed(cheap, "evt_cheap")).note == "no job for this session"
+        slow_reads = [s for s in statements if s.startswith("SELECT") and "FROM SMI_JOBS" in s]
+        statements.clear()
+        outcome = handle_event(_completed(session, "evt_one_statement"))
+    finally:
+        event.remove(db.engine, "before_cursor_execute", seen)
+    assert outcome.note == "paid"
+    assert slow_reads  # the path that explains a refusal does read the job
+    assert [s for s in statements if "SMI_JOBS" in s and not s.startswith("UPDATE")] == []
+    assert len([s for s in statements if s.startswith("UPDATE SMI_JOBS")]) == 1
+    paid = _fresh(job.job_id)
+    assert (paid.status, paid.payment_status, paid.email) == (
+        "pending",
+        "paid",
+        "payer@example.com",
+    )
+    assert paid.stripe_payment_intent_id == "pi_one_statement"
+    assert paid.amount_charged == Decimal("0.50") and paid.amount_subtotal == Decimal("0.50")
+    assert paid.paid_at is not None
+    notes = db.session.scalars(select(JobEvent.message).where(JobEvent.job_id == job.job_id)).all()
+    assert notes == ["0.50 usd, session cs_test_one_statement"]
+    assert db.session.scalars(select(FunnelEvent.kind)).all() == ["paid"]
+    assert db.session.scalar(select(func.count(StripeEvent.id))) == 2
+
+
+def _completed(session: dict, event_id: str) -> dict:
+    return {
+        "id": event_id,
+        "object": "event",
+        "type": "checkout.session.completed",
+        "data": {"object": session},
+    }

@@ -79,23 +79,32 @@ def _enqueue_once(
     return True
 
 
-def processing_timeout(job_id: str) -> int:
-    """Seconds an upscale may run: the setting, or three times the neural engine's estimate."""
+def processing_timeout(job_id: str, size: tuple[int | None, int | None, int] | None = None) -> int:
+    """Seconds an upscale may run: the setting, or three times the neural engine's estimate.
+
+    `size` is the job's (width, height, factor) when the caller has them (they never change)."""
     config = current_app.config
     timeout = int(config["PROCESSING_TIMEOUT_MINUTES"]) * 60
-    job = get_job(job_id)
-    if job is None or not job.image_width or not job.image_height:
+    if size is None:
+        job = get_job(job_id)
+        if job is None:
+            return timeout
+        size = (job.image_width, job.image_height, job.factor)
+    width, height, factor = size
+    if not width or not height:
         return timeout
-    if engine_for(job.image_width, job.image_height, job.factor, config) == "neural":
-        estimate = neural_seconds(job.image_width, job.image_height, job.factor)
-        timeout = max(timeout, int(3 * estimate))
+    if engine_for(width, height, factor, config) == "neural":
+        timeout = max(timeout, int(3 * neural_seconds(width, height, factor)))
     return timeout
 
 
-def enqueue_processing(job_id: str, *, replace_live: bool = False) -> bool:
+def enqueue_processing(
+    job_id: str, *, replace_live: bool = False, timeout: int | None = None
+) -> bool:
     """Put the job's upscale on the `upscale` queue, unless it is already there or running.
 
-    `replace_live` is for the sweeper, when the worker running it has died.
+    `replace_live` is for the sweeper, when the worker running it has died. `timeout` is the
+    job's `processing_timeout` when the caller knows it already.
     """
     return _enqueue_once(
         UPSCALE_QUEUE,
@@ -104,7 +113,7 @@ def enqueue_processing(job_id: str, *, replace_live: bool = False) -> bool:
         (job_id,),
         # The database says whether work remains; a finished RQ record is only history.
         replaceable=ENDED_BADLY | {JobStatus.FINISHED} | (LIVE_STATUSES if replace_live else set()),
-        job_timeout=processing_timeout(job_id),
+        job_timeout=timeout if timeout is not None else processing_timeout(job_id),
         retry=Retry(max=3, interval=[10, 60, 300]),
         result_ttl=24 * 3600,
         failure_ttl=7 * 24 * 3600,
@@ -117,7 +126,7 @@ def queue_email(kind: str, job_id: str, *, unique: bool = True) -> AfterCommit:
     outbox_id = outbox.add(kind, job_id, once=unique)
     if outbox_id is None:
         return lambda: False  # written down before: that row is on its way already
-    return lambda: hand_over(outbox_id)
+    return lambda: hand_over(outbox_id, written=(kind, job_id))
 
 
 def enqueue_email(kind: str, job_id: str, *, unique: bool = True) -> bool:
@@ -131,20 +140,26 @@ def enqueue_email(kind: str, job_id: str, *, unique: bool = True) -> bool:
     return bool(handover())
 
 
-def hand_over(outbox_id: int) -> bool:
+def hand_over(outbox_id: int, *, written: tuple[str, str] | None = None) -> bool:
     """Give an outbox row's email to RQ, unless RQ has it already or it was sent; commits.
 
-    Redis unreachable leaves the row as it is, for the sweeper to hand over later.
+    `written` is the row's (kind, job id) when the caller wrote it in the transaction it has
+    just committed: no one else has handed it over or sent it yet, so it is not read again (the
+    email task reads it, and does it once, anyway). Redis unreachable leaves the row as it is,
+    for the sweeper to hand over later.
     """
-    row = outbox.get(outbox_id)
-    if row is None or row.finished_at is not None:
-        transactions.rollback()
-        return False
+    if written is None:
+        row = outbox.get(outbox_id)
+        if row is None or row.finished_at is not None:
+            transactions.rollback()
+            return False
+        written = (row.kind, row.job_id)
+    kind, job_id = written
     queued = _enqueue_once(
         DEFAULT_QUEUE,
-        f"email-{row.kind}-{row.job_id}-{row.id}",
+        f"email-{kind}-{job_id}-{outbox_id}",
         "worker.tasks.send_job_email",
-        (row.kind, row.job_id, str(row.id)),
+        (kind, job_id, str(outbox_id)),
         # The row says whether it was sent; an RQ record that ended, however, is only history.
         replaceable=ENDED_BADLY | {JobStatus.FINISHED},
         job_timeout=120,
@@ -154,7 +169,7 @@ def hand_over(outbox_id: int) -> bool:
     if not queued:
         transactions.rollback()
         return False
-    outbox.mark_handed(row.id)
+    outbox.mark_handed(outbox_id)
     transactions.commit()
     return True
 
@@ -223,11 +238,15 @@ def enqueue_sample(attachment_id: int, resolution: str) -> bool:
     )
 
 
-def queue_after_payment(job_id: str) -> list[AfterCommit]:
+def queue_after_payment(
+    job_id: str, size: tuple[int | None, int | None, int] | None = None
+) -> list[AfterCommit]:
     """In the payment's transaction: write the "payment received" email into the outbox; return
-    the after-commit actions that queue the upscale and hand the email to RQ."""
+    the after-commit actions that queue the upscale and hand the email to RQ (`size`: as for
+    `processing_timeout`)."""
     handover = queue_email("paid", job_id)
-    return [lambda: enqueue_processing(job_id), handover]
+    timeout = processing_timeout(job_id, size)
+    return [lambda: enqueue_processing(job_id, timeout=timeout), handover]
 
 
 def after_payment(job_id: str) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import stripe
 from flask import current_app
 from redis.exceptions import RedisError
-from sqlalchemy import select
+from sqlalchemy import case, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from storefront import funnel, transactions
@@ -179,6 +179,114 @@ def _session_charge(job: Job, session: dict[str, Any]) -> Charged | str:
     )
 
 
+def _pay_own_session(session: dict[str, Any]) -> Outcome | None:
+    """The common case in one statement: the session is its job's own, the job awaits payment
+    (or was abandoned) and the session's totals pay for it; the job is marked paid, and the
+    columns the rest of the payment needs come back (UPDATE … RETURNING).
+
+    None when the session's figures do not add up or no job matched: `fulfil_checkout_session`
+    then loads the job and says why. The conditions are those of `_session_charge`, written in
+    SQL: a job this UPDATE pays, `_session_charge` would pay too.
+    """
+    total = _minor(session.get("amount_total"))
+    subtotal = _minor(session.get("amount_subtotal", total))
+    details = session.get("total_details") or {}
+    discount = _minor(details.get("amount_discount") or 0)
+    tax = _minor(details.get("amount_tax") or 0)
+    currency = str(session.get("currency") or "").lower()
+    session_id = session.get("id")
+    if total is None or subtotal is None or discount is None or tax is None or not session_id:
+        return None
+    if not 0 <= discount <= subtotal or tax < 0 or total != subtotal - discount + tax:
+        return None
+    charged = Charged(
+        subtotal=from_minor_units(subtotal, currency),
+        discount=from_minor_units(discount, currency),
+        tax=from_minor_units(tax, currency),
+        total=from_minor_units(total, currency),
+    )
+    customer = session.get("customer_details") or {}
+    conditions = [
+        Job.stripe_checkout_session_id == str(session_id),
+        Job.status.in_(("awaiting_payment", "abandoned")),
+        Job.currency == currency,
+        func.coalesce(Job.amount_subtotal, Job.amount_charged, 0) == charged.subtotal,
+    ]
+    if discount:
+        conditions.append(Job.promotion_codes_allowed.is_(True))
+    if tax:
+        conditions.append(Job.automatic_tax.is_(True))
+    now = utcnow()
+    paid = db.session.execute(
+        update(Job)
+        .where(*conditions)
+        .values(
+            status="pending",
+            payment_status="paid",
+            paid_at=now,
+            updated_at=now,
+            stripe_payment_intent_id=_intent_id(session.get("payment_intent")),
+            email=case(
+                (
+                    Job.email == "",
+                    str(customer.get("email") or session.get("customer_email") or ""),
+                ),
+                else_=Job.email,
+            ),
+            error_message=None,
+            amount_charged=charged.total,
+            amount_subtotal=charged.subtotal,
+            amount_discount=charged.discount,
+            amount_tax=charged.tax,
+        )
+        .returning(
+            Job.job_id,
+            Job.post_id,
+            Job.attachment_id,
+            Job.resolution,
+            Job.image_width,
+            Job.image_height,
+        )
+        .execution_options(synchronize_session=False)
+    ).first()
+    if paid is None:
+        return None
+    return _paid(
+        paid.job_id,
+        (paid.post_id, paid.attachment_id, paid.resolution, currency),
+        (paid.image_width, paid.image_height, int(paid.resolution.rstrip("x"))),
+        charged,
+        str(session_id),
+    )
+
+
+def _paid(
+    job_id: str,
+    job: tuple[int | None, int | None, str, str],
+    size: tuple[int | None, int | None, int],
+    charged: Charged,
+    session_id: str,
+) -> Outcome:
+    """What follows in the payment's transaction once a job is marked paid: the funnel, the
+    timeline, the count, and the upscale and email to queue after the commit. `job`: its post,
+    attachment, resolution and currency."""
+    post_id, attachment_id, resolution, currency = job
+    funnel.record(
+        funnel.PAID,
+        post_id=post_id,
+        attachment_id=attachment_id,
+        job_id=job_id,
+        user_agent=None,
+    )
+    breakdown = ""
+    if charged.discount or charged.tax:
+        breakdown = f" (price {charged.subtotal}, discount {charged.discount}, tax {charged.tax})"
+    record_event(job_id, "paid", f"{charged.total} {currency}{breakdown}, session {session_id}")
+    metrics.count_on_commit(metrics.PAYMENTS, resolution=resolution)
+    # The email is written down in this transaction: one commit less than a transaction of its own.
+    return Outcome(changed=True, note="paid", after_commit=queue_after_payment(job_id, size))
+
+
 def fulfil_checkout_session(session: dict[str, Any]) -> Outcome:
     """Mark the session's job paid, once; part of the caller's transaction.
 
@@ -188,6 +296,9 @@ def fulfil_checkout_session(session: dict[str, Any]) -> Outcome:
     """
     if session.get("payment_status") not in PAID_SESSION_STATES:
         return Outcome(note=f"session payment_status is {session.get('payment_status')}")
+    outcome = _pay_own_session(session)
+    if outcome is not None:
+        return outcome
     job = _job_for_session(session)
     if job is None:
         return _note_foreign_session(session)
@@ -219,24 +330,13 @@ def fulfil_checkout_session(session: dict[str, Any]) -> Outcome:
     )
     if not changed:
         return Outcome(note="another request fulfilled it first")
-    funnel.record(
-        funnel.PAID,
-        post_id=job.post_id,
-        attachment_id=job.attachment_id,
-        job_id=job.job_id,
-        user_agent=None,
-    )
-    breakdown = ""
-    if charged.discount or charged.tax:
-        breakdown = f" (price {charged.subtotal}, discount {charged.discount}, tax {charged.tax})"
-    record_event(
+    return _paid(
         job.job_id,
-        "paid",
-        f"{charged.total} {job.currency}{breakdown}, session {session.get('id')}",
+        (job.post_id, job.attachment_id, job.resolution, job.currency),
+        (job.image_width, job.image_height, job.factor),
+        charged,
+        str(session.get("id")),
     )
-    metrics.count_on_commit(metrics.PAYMENTS, resolution=job.resolution)
-    # The email is written down in this transaction: one commit less than a transaction of its own.
-    return Outcome(changed=True, note="paid", after_commit=queue_after_payment(job.job_id))
 
 
 def abandon_checkout_session(session: dict[str, Any], reason: str) -> Outcome:
