@@ -32,9 +32,5 @@ trap cleanup EXIT
   -o "-k $pg_dir -c listen_addresses='' -c fsync=off" start >/dev/null
 "${as_pg[@]}" "$pg_bin/createdb" -h "$pg_dir" -U smi smi_test
 # Every test again, workers, gunicorn and the chaos run included: they get the URL from the app.
-# Not yet these three (metrics, page caches, system page), added last: they still assume a fresh
-# database per test, as SQLite gives, and build second apps whose rows outlive them here.
 SMI_TEST_DATABASE_URL="postgresql://smi@/smi_test?host=$pg_dir" \
-  "$bin/pytest" -p no:cacheprovider "$@" \
-  --deselect tests/test_metrics.py --deselect tests/test_page_caches.py \
-  --deselect tests/test_system.py
+  "$bin/pytest" -p no:cacheprovider "$@"

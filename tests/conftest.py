@@ -21,6 +21,9 @@ from flask.testing import FlaskClient, FlaskCliRunner
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from rq.job import Job, JobStatus
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 from werkzeug.serving import make_server
 
 from devservers.common import ServerThread
@@ -32,14 +35,29 @@ from devservers.stripe_local import start_server as start_stripe
 from devservers.upsampler_local import LocalUpsampler
 from devservers.upsampler_local import start_server as start_upsampler
 from storefront import create_app
+from storefront.config import database_uri
 from storefront.extensions import db
 
 if TYPE_CHECKING:
     from devservers.seaweed import LocalS3
 
 # Set SMI_TEST_DATABASE_URL to run the suite against PostgreSQL instead of SQLite files.
-POSTGRES_URL = os.environ.get("SMI_TEST_DATABASE_URL", "")
+POSTGRES_SERVER_URL = os.environ.get("SMI_TEST_DATABASE_URL", "")
 RQ_ENDED = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
+
+
+def _database_of_this_process(url: str) -> str:
+    """The PostgreSQL database this test process uses: the one given, or under pytest-xdist one
+    of its own next to it (smi_test_gw0 …), since processes sharing one would empty each other's
+    tables. `migrated_database` creates it."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not url or not worker:
+        return url
+    given = make_url(url)
+    return given.set(database=f"{given.database}_{worker}").render_as_string(hide_password=False)
+
+
+POSTGRES_URL = _database_of_this_process(POSTGRES_SERVER_URL)
 
 
 def wait_for_redis(url: str, process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
@@ -114,6 +132,8 @@ def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A database built once by the migrations: a template SQLite file, or PostgreSQL."""
     if POSTGRES_URL:
         url = POSTGRES_URL
+        if url != POSTGRES_SERVER_URL:
+            _create_database(url)
     else:
         url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'template.db'}"
     app = create_app(
@@ -131,20 +151,44 @@ def migrated_database(tmp_path_factory: pytest.TempPathFactory) -> str:
     return url
 
 
+def _create_database(url: str) -> None:
+    """Create the PostgreSQL database of `url` afresh, from the server's given database."""
+    name = make_url(url).database
+    server = create_engine(
+        database_uri(POSTGRES_SERVER_URL), poolclass=NullPool, isolation_level="AUTOCOMMIT"
+    )
+    with server.connect() as connection:
+        connection.execute(db.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        connection.execute(db.text(f'CREATE DATABASE "{name}"'))
+    server.dispose()
+
+
 def _fresh_database_url(template_url: str, tmp_path: Path) -> str:
+    """A database for one test: a copy of the template SQLite file, or PostgreSQL emptied."""
     if template_url.startswith("sqlite:///"):
         target = tmp_path / "smi.db"
         shutil.copyfile(template_url.removeprefix("sqlite:///"), target)
         return f"sqlite:///{target}"
+    # Emptied here, not by `app`: every app a test builds from `app_config` starts clean.
+    engine = create_engine(database_uri(template_url), poolclass=NullPool)
+    with engine.connect() as connection:
+        # A connection an earlier test left in a transaction would make TRUNCATE wait forever.
+        connection.execute(db.text("SET lock_timeout = '10s'"))
+        connection.execute(db.text(_truncate_statement()))
+        connection.commit()
+    engine.dispose()
     return template_url
+
+
+def _truncate_statement() -> str:
+    tables = ", ".join(table.name for table in db.metadata.sorted_tables)
+    return f"TRUNCATE {tables} RESTART IDENTITY CASCADE"
 
 
 def empty_tables() -> None:
     """Delete every row of every table and restart the sequences (PostgreSQL)."""
-    tables = [table.name for table in db.metadata.sorted_tables]
-    if tables:
-        db.session.execute(db.text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
-        db.session.commit()
+    db.session.execute(db.text(_truncate_statement()))
+    db.session.commit()
 
 
 @pytest.fixture
@@ -178,8 +222,6 @@ def app(app_config: dict[str, Any]) -> Iterator[Flask]:
     """An app on a clean database of its own."""
     application = create_app(app_config)
     with application.app_context():
-        if POSTGRES_URL:
-            empty_tables()
         yield application
         db.session.remove()
         db.engine.dispose()

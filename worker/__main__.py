@@ -2,7 +2,7 @@
 first), with the scheduler.
 
 It also schedules the sweeper and the daily maintenance in RQ's scheduler (see worker.schedule);
-`rq cron worker.cron` does the same for any kind of worker, and goes on after Redis restarts.
+`python -m worker.cron` does the same for any kind of worker, and goes on after Redis restarts.
 """
 
 from __future__ import annotations

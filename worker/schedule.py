@@ -3,16 +3,19 @@ MAINTENANCE_AT (UTC, default 03:30; `off` turns it off), however the workers are
 
 Two triggers, either or both:
 
-- `rq cron worker.cron`, one or more processes (worker/cron.py, deploy/systemd/smi-cron.service):
+- `python -m worker.cron`, one or more processes (worker/cron.py, deploy/systemd/smi-cron.service):
   RQ's cron enqueues both on the `default` queue, for any worker (`python -m worker` or plain
-  `rq worker upscale default`), and goes on after Redis restarts empty.
+  `rq worker upscale default samples`), and goes on after Redis restarts empty, however long it is away
+  (`rq cron worker.cron` does the same, but exits if Redis is away for more than a second or so).
 - `python -m worker` schedules the next runs in RQ's scheduler when it starts, and each run it
   scheduled schedules the next. A Redis restart loses that chain until a worker starts again.
 
 However many triggers fire, a run first claims its slot in Redis with SET NX and a TTL
 (`smi:slot:sweep:<interval number>`, `smi:slot:maintenance:<date>`): the first run of a slot does
 the work, any other returns at once and logs that the slot was taken. A run that fails gives its
-slot back. `flask smi sweep` and `flask smi maintenance` run the same work by hand, unclaimed.
+slot back. The slot is that of the trigger (the RQ job's enqueue time), so a run that starts late
+on a busy worker does not take the next trigger's slot. `flask smi sweep` and
+`flask smi maintenance` run the same work by hand, unclaimed.
 """
 
 from __future__ import annotations
@@ -63,6 +66,16 @@ def slot_claimed(connection: Redis, key: str, ttl: int) -> Iterator[bool]:
         if claimed:
             connection.delete(key)
         raise
+
+
+def triggered_at() -> dt.datetime:
+    """When this run was triggered: its RQ job's enqueue time (the cron's tick, or when RQ's
+    scheduler queued it), or now for a call outside RQ."""
+    job = get_current_job()
+    enqueued = job.enqueued_at if job is not None else None
+    if enqueued is None:
+        return dt.datetime.now(dt.UTC)
+    return enqueued if enqueued.tzinfo else enqueued.replace(tzinfo=dt.UTC)
 
 
 def current_job_id() -> str | None:

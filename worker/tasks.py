@@ -14,6 +14,7 @@ from worker.schedule import (
     schedule_sweep,
     slot_claimed,
     sweep_slot_key,
+    triggered_at,
 )
 
 log = logging.getLogger("smi.worker")
@@ -67,7 +68,7 @@ def sweep() -> str:
     with task_context() as app:
         interval = int(app.config["SWEEP_INTERVAL_SECONDS"])
         try:
-            key = sweep_slot_key(interval)
+            key = sweep_slot_key(interval, triggered_at())
             with slot_claimed(redis_connection(app), key, ttl=2 * interval) as claimed:
                 if not claimed:
                     return f"skipped: {key} was taken"
@@ -94,7 +95,7 @@ def run_maintenance() -> str:
             log.info("maintenance is off (MAINTENANCE_AT), skipped")
             return "skipped: maintenance is off"
         try:
-            key = maintenance_slot_key(app.config["MAINTENANCE_AT"])
+            key = maintenance_slot_key(app.config["MAINTENANCE_AT"], triggered_at())
             with slot_claimed(redis_connection(app), key, ttl=MAINTENANCE_CLAIM_SECONDS) as claimed:
                 if not claimed:
                     return f"skipped: {key} was taken"
