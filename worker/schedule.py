@@ -5,8 +5,9 @@ Two triggers, either or both:
 
 - `python -m worker.cron`, one or more processes (worker/cron.py, deploy/systemd/smi-cron.service):
   RQ's cron enqueues both on the `default` queue, for any worker (`python -m worker` or plain
-  `rq worker upscale default samples`), and goes on after Redis restarts empty, however long it is away
-  (`rq cron worker.cron` does the same, but exits if Redis is away for more than a second or so).
+  `rq worker upscale default samples`), and goes on after Redis restarts empty, however long it
+  is away (`rq cron worker.cron` does the same, but exits if Redis is away for more than a
+  second or so).
 - `python -m worker` schedules the next runs in RQ's scheduler when it starts, and each run it
   scheduled schedules the next. A Redis restart loses that chain until a worker starts again.
 
