@@ -230,6 +230,18 @@ def app(app_config: dict[str, Any]) -> Iterator[Flask]:
         http_client.close()
 
 
+@pytest.fixture(autouse=True)
+def _close_pooled_connections() -> Iterator[None]:
+    """After each test, close the pooled database connections of every app it built (a second
+    app with other settings, say), rather than leave them to the garbage collector: on PostgreSQL
+    an open connection collected in a later test is a ResourceWarning there, and an error."""
+    yield
+    # Flask-SQLAlchemy keeps each app's engines here while the app lives; it has no public list.
+    for engines in list(db._app_engines.values()):
+        for engine in engines.values():
+            engine.dispose()
+
+
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     """A test client of the app."""
