@@ -8,9 +8,9 @@ cd "$(dirname "$0")/.."
 bash scripts/lint.sh
 echo "== pytest (fast lane: not browser, not slow, not postgres)"
 # On every core when pytest-xdist is installed: each test process has its own Redis socket,
-# SQLite files and kernel-chosen ports. Not on one PostgreSQL database, which they would share.
+# SQLite files (or PostgreSQL database, with SMI_TEST_DATABASE_URL) and kernel-chosen ports.
 parallel=()
-if [ -z "${SMI_TEST_DATABASE_URL:-}" ] && .venv/bin/python -c "import xdist" 2>/dev/null; then
+if .venv/bin/python -c "import xdist" 2>/dev/null; then
   parallel=(-n auto)
 fi
 .venv/bin/pytest "${parallel[@]}" -m "not browser and not slow and not postgres" "$@"
