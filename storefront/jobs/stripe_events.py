@@ -131,6 +131,19 @@ def _minor(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _session_totals(session: dict[str, Any]) -> tuple[int, int, int, int] | None:
+    """The session's total, subtotal, discount and tax in minor units; None if one is not a
+    whole number."""
+    total = _minor(session.get("amount_total"))
+    subtotal = _minor(session.get("amount_subtotal", total))
+    details = session.get("total_details") or {}
+    discount = _minor(details.get("amount_discount") or 0)
+    tax = _minor(details.get("amount_tax") or 0)
+    if total is None or subtotal is None or discount is None or tax is None:
+        return None
+    return total, subtotal, discount, tax
+
+
 def _session_charge(job: Job, session: dict[str, Any]) -> Charged | str:
     """What the session charged, if its own totals pay for the job; else why not.
 
@@ -139,11 +152,7 @@ def _session_charge(job: Job, session: dict[str, Any]) -> Charged | str:
     """
     price = job.amount_subtotal if job.amount_subtotal is not None else job.amount_charged
     expected = to_minor_units(price or Decimal(0), job.currency)
-    total = _minor(session.get("amount_total"))
-    subtotal = _minor(session.get("amount_subtotal", total))
-    details = session.get("total_details") or {}
-    discount = _minor(details.get("amount_discount") or 0)
-    tax = _minor(details.get("amount_tax") or 0)
+    totals = _session_totals(session)
     paid_currency = str(session.get("currency") or "").lower()
 
     def refused(why: str = "", expects: int = expected) -> str:
@@ -153,10 +162,9 @@ def _session_charge(job: Job, session: dict[str, Any]) -> Charged | str:
             "needed."
         )
 
-    if total is None or subtotal is None or discount is None or tax is None:
+    if totals is None or paid_currency != job.currency:
         return refused()
-    if paid_currency != job.currency:
-        return refused()
+    total, subtotal, discount, tax = totals
     if subtotal != expected:
         return refused(f" (a subtotal of {subtotal}, not the price)")
     if not 0 <= discount <= subtotal or tax < 0:
@@ -188,15 +196,12 @@ def _pay_own_session(session: dict[str, Any]) -> Outcome | None:
     then loads the job and says why. The conditions are those of `_session_charge`, written in
     SQL: a job this UPDATE pays, `_session_charge` would pay too.
     """
-    total = _minor(session.get("amount_total"))
-    subtotal = _minor(session.get("amount_subtotal", total))
-    details = session.get("total_details") or {}
-    discount = _minor(details.get("amount_discount") or 0)
-    tax = _minor(details.get("amount_tax") or 0)
+    totals = _session_totals(session)
     currency = str(session.get("currency") or "").lower()
     session_id = session.get("id")
-    if total is None or subtotal is None or discount is None or tax is None or not session_id:
+    if totals is None or not session_id:
         return None
+    total, subtotal, discount, tax = totals
     if not 0 <= discount <= subtotal or tax < 0 or total != subtotal - discount + tax:
         return None
     charged = Charged(
@@ -205,7 +210,6 @@ def _pay_own_session(session: dict[str, Any]) -> Outcome | None:
         tax=from_minor_units(tax, currency),
         total=from_minor_units(total, currency),
     )
-    customer = session.get("customer_details") or {}
     conditions = [
         Job.stripe_checkout_session_id == str(session_id),
         Job.status.in_(("awaiting_payment", "abandoned")),
@@ -216,29 +220,10 @@ def _pay_own_session(session: dict[str, Any]) -> Outcome | None:
         conditions.append(Job.promotion_codes_allowed.is_(True))
     if tax:
         conditions.append(Job.automatic_tax.is_(True))
-    now = utcnow()
     paid = db.session.execute(
         update(Job)
         .where(*conditions)
-        .values(
-            status="pending",
-            payment_status="paid",
-            paid_at=now,
-            updated_at=now,
-            stripe_payment_intent_id=_intent_id(session.get("payment_intent")),
-            email=case(
-                (
-                    Job.email == "",
-                    str(customer.get("email") or session.get("customer_email") or ""),
-                ),
-                else_=Job.email,
-            ),
-            error_message=None,
-            amount_charged=charged.total,
-            amount_subtotal=charged.subtotal,
-            amount_discount=charged.discount,
-            amount_tax=charged.tax,
-        )
+        .values(**_paid_columns(session, charged))
         .returning(
             Job.job_id,
             Job.post_id,
@@ -258,6 +243,27 @@ def _pay_own_session(session: dict[str, Any]) -> Outcome | None:
         charged,
         str(session_id),
     )
+
+
+def _paid_columns(session: dict[str, Any], charged: Charged) -> dict[str, Any]:
+    """The columns of a job the session pays for, as `_pay_own_session` sets them."""
+    customer = session.get("customer_details") or {}
+    buyer = str(customer.get("email") or session.get("customer_email") or "")
+    now = utcnow()
+    return {
+        "status": "pending",
+        "payment_status": "paid",
+        "paid_at": now,
+        "updated_at": now,
+        "stripe_payment_intent_id": _intent_id(session.get("payment_intent")),
+        # The buyer may have left the email to Stripe: it fills an empty one, never replaces one.
+        "email": case((Job.email == "", buyer), else_=Job.email),
+        "error_message": None,
+        "amount_charged": charged.total,
+        "amount_subtotal": charged.subtotal,
+        "amount_discount": charged.discount,
+        "amount_tax": charged.tax,
+    }
 
 
 def _paid(
