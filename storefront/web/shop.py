@@ -25,6 +25,7 @@ from storefront.models import Attachment
 from storefront.queues import redis_connection
 from storefront.storage import backend
 from storefront.web.forms import CheckoutForm
+from storefront.web.page_cache import page_key, render_kept
 from storefront.web.stored_files import send_stored
 
 bp = Blueprint("shop", __name__)
@@ -34,7 +35,9 @@ bp = Blueprint("shop", __name__)
 def index() -> ResponseReturnValue:
     """The catalog: every post with its images."""
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    return render_template("shop/index.html", posts=catalog_posts(app))
+    return render_kept(
+        page_key("catalog"), lambda: render_template("shop/index.html", posts=catalog_posts(app))
+    )
 
 
 @bp.get("/posts/<slug>")
@@ -43,7 +46,7 @@ def post(slug: str) -> ResponseReturnValue:
     found = catalog_post(current_app._get_current_object(), slug)  # type: ignore[attr-defined]
     if found is None:
         abort(404)
-    return render_template("shop/post.html", post=found)
+    return render_kept(page_key("post"), lambda: render_template("shop/post.html", post=found))
 
 
 def render_image_page(
@@ -52,27 +55,36 @@ def render_image_page(
     status: int = 200,
     cancelled: bool = False,
 ) -> ResponseReturnValue:
-    """The image page: preview, offers and the Buy form (with its errors, if any)."""
+    """The image page: preview, offers and the Buy form (with its errors, if any). Kept rendered
+    (storefront/web/page_cache.py) while it is the page every visitor gets."""
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    form = form or CheckoutForm(attachment_id=str(attachment.id))
     all_offers = image_offers(attachment)
     image = (
         attachment if isinstance(attachment, CatalogImage) else image_for_page(app, attachment.id)
     )
-    available = [offer for offer in all_offers if offer.available]
-    if available and form.resolution.data not in {o.quote.resolution for o in available}:
-        form.resolution.data = available[0].quote.resolution
-    return render_template(
-        "shop/image.html",
-        attachment=attachment,
-        offers=all_offers,
-        engine_labels=ENGINE_LABELS,
-        available=available,
-        samples=page_samples(app, image, all_offers) if image is not None else [],
-        form=form,
-        currency=current_app.config["CURRENCY"],
-        cancelled=cancelled,
-    ), status
+    samples = page_samples(app, image, all_offers) if image is not None else []
+    key = None
+    if form is None and not cancelled and image is attachment:
+        key = page_key("image", tuple(samples))
+
+    def render() -> str:
+        shown = form or CheckoutForm(attachment_id=str(attachment.id))
+        available = [offer for offer in all_offers if offer.available]
+        if available and shown.resolution.data not in {o.quote.resolution for o in available}:
+            shown.resolution.data = available[0].quote.resolution
+        return render_template(
+            "shop/image.html",
+            attachment=attachment,
+            offers=all_offers,
+            engine_labels=ENGINE_LABELS,
+            available=available,
+            samples=samples,
+            form=shown,
+            currency=app.config["CURRENCY"],
+            cancelled=cancelled,
+        )
+
+    return render_kept(key, render), status
 
 
 @bp.get(f"/images/<int(max={MAX_ID}):attachment_id>")
