@@ -13,6 +13,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from redis import Redis
+from redis.client import Pipeline
 from redis.exceptions import RedisError
 from sqlalchemy import func, select
 
@@ -157,6 +158,34 @@ def test_the_sweep_folds_the_buffered_views(app: Flask, image: Attachment) -> No
     assert _rows() == 2
 
 
+def test_a_view_whose_answer_from_redis_is_lost_is_counted_once(
+    app: Flask, image: Attachment, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _view(app, image)  # this process now has a copy: the next view goes with the version read
+    execute, rpush = Pipeline.execute, Redis.rpush
+
+    def lost_answer(pipe: Pipeline, *args: Any, **kwargs: Any) -> Any:
+        execute(pipe, *args, **kwargs)  # Redis did it, but the answer never came back
+        raise RedisError("connection lost")
+
+    def refused(client: Redis, *args: Any) -> Any:
+        if isinstance(client, Pipeline):
+            return rpush(client, *args)  # queued in the pipeline
+        raise RedisError("connection refused")
+
+    monkeypatch.setattr(Pipeline, "execute", lost_answer)
+    monkeypatch.setattr(Redis, "rpush", refused)
+    with caplog.at_level(logging.WARNING, logger="smi.funnel"):
+        assert "Lighthouse" in _view(app, image)
+    monkeypatch.undo()
+    assert "image view written to the database" in caplog.text
+    redis = redis_connection(app)
+    assert redis.llen(funnel.BUFFER_KEY) == 2 and _rows() == 1  # in both places...
+    assert _dashboard_views() == 2  # ...and counted once
+    assert funnel.fold_buffered_views(redis) == 1
+    assert _rows() == 2 and _dashboard_views() == 2
+
+
 def test_with_redis_down_the_page_shows_and_the_view_is_written_at_once(
     app_config: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -211,7 +240,9 @@ def test_an_image_removed_is_a_404_at_once_in_another_process(
     _view(other_process, image)
     db.session.delete(image)
     db.session.commit()
-    assert other_process.test_client().get(f"/images/{image.id}").status_code == 404
+    gone = other_process.test_client().get(f"/images/{image.id}", headers={"User-Agent": BROWSER})
+    assert gone.status_code == 404
+    assert _dashboard_views() == 1  # the view of the page that was not shown is not counted
 
 
 csrf_app = admin_helpers.csrf_app
