@@ -14,8 +14,10 @@ For each page, `--pairs` pairs of wrk runs (`--connections` connections, 2 threa
 `--seconds` each, a browser's User-Agent so that each image view is a person's and is counted),
 alternating shop, bare, shop, bare… so that both see the same load from other work on the
 machine. Printed: each run's requests/s and p99, then per page the medians, the median ratio
-shop/bare of requests/s with its min–max over the pairs, the p99 ratio, and the peak RSS of the
-shop's and the bare app's workers. Every answer must be a 200 (wrk's non-2xx count is checked),
+shop/bare of requests/s with its min–max over the pairs, the p99 ratio, the CPU milliseconds
+per request of the shop's gunicorn (master and workers), of its Redis and of the bare app's
+gunicorn (from /proc, unprofiled; the steadier figure on a shared machine), and the peak RSS of
+the shop's and the bare app's workers. Every answer must be a 200 (wrk's non-2xx count is checked),
 and the dashboard's image-view count must equal the image requests wrk saw answered (give or take
 the connections still open when a run stops). Everything listens on 127.0.0.1 and is stopped and
 deleted at the end.
@@ -44,6 +46,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.processes import free_port, stop  # noqa: E402
+from bench.webhook_ratio_bench import cpu_seconds  # noqa: E402
 
 VENV_BIN = ROOT / ".venv" / "bin"
 START_TIMEOUT_SECONDS = 30.0
@@ -60,6 +63,17 @@ class Run:
     rate: float
     p99_ms: float
     requests: int
+
+
+def measured(
+    url: str, seconds: int, connections: int, *servers: subprocess.Popen[bytes]
+) -> tuple[Run, list[float]]:
+    """One wrk run, and the CPU milliseconds per request each of `servers` (with its children)
+    spent meanwhile."""
+    before = [cpu_seconds(server.pid) for server in servers]
+    run = wrk(url, seconds, connections)
+    after = [cpu_seconds(server.pid) for server in servers]
+    return run, [1000 * (b - a) / max(run.requests, 1) for a, b in zip(before, after, strict=True)]
 
 
 def wait_until(ready: Callable[[], bool], what: str, process: subprocess.Popen[bytes]) -> None:
@@ -202,7 +216,8 @@ def main() -> int:
     processes: list[subprocess.Popen[bytes]] = []
     try:
         redis_port, shop_port, bare_port = free_port(), free_port(), free_port()
-        processes.append(start_redis(scratch, redis_port))
+        redis = start_redis(scratch, redis_port)
+        processes.append(redis)
         env = shop_environment(scratch, redis_port, shop_port)
         flask(env, "db", "upgrade")
         flask(env, "smi", "seed-demo")
@@ -241,16 +256,23 @@ def main() -> int:
             if name == "image":
                 image_requests += 1 + warm.requests
             pairs = []
+            cpu: list[tuple[float, float, float]] = []
             for number in range(1, options.pairs + 1):
-                mine = wrk(shop_url + path, options.seconds, options.connections)
-                floor = wrk(f"{bare_url}/{size}", options.seconds, options.connections)
+                mine, (shop_ms, redis_ms) = measured(
+                    shop_url + path, options.seconds, options.connections, shop, redis
+                )
+                floor, (bare_ms,) = measured(
+                    f"{bare_url}/{size}", options.seconds, options.connections, bare
+                )
                 pairs.append((mine, floor))
+                cpu.append((shop_ms, redis_ms, bare_ms))
                 if name == "image":
                     image_requests += mine.requests
                 print(
                     f"{name:8} pair {number}: shop {mine.rate:8.0f} req/s p99 {mine.p99_ms:6.1f} ms"
                     f" | bare {floor.rate:8.0f} req/s p99 {floor.p99_ms:6.1f} ms"
-                    f" | ratio {mine.rate / floor.rate:.2f}"
+                    f" | ratio {mine.rate / floor.rate:.2f} | CPU ms/request: shop {shop_ms:.2f}"
+                    f" + its Redis {redis_ms:.2f}, bare {bare_ms:.2f}"
                 )
             ratios = [mine.rate / floor.rate for mine, floor in pairs]
             p99s = [mine.p99_ms / floor.p99_ms for mine, floor in pairs]
@@ -261,7 +283,10 @@ def main() -> int:
                 f"{statistics.median(f.rate for _, f in pairs):6.0f} req/s p99 "
                 f"{statistics.median(f.p99_ms for _, f in pairs):5.1f} ms; ratio "
                 f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}), "
-                f"p99 ratio {statistics.median(p99s):.2f} ({min(p99s):.2f}-{max(p99s):.2f})"
+                f"p99 ratio {statistics.median(p99s):.2f} ({min(p99s):.2f}-{max(p99s):.2f}); "
+                f"CPU ms/request shop {statistics.median(c[0] for c in cpu):.2f} + Redis "
+                f"{statistics.median(c[1] for c in cpu):.2f}, bare "
+                f"{statistics.median(c[2] for c in cpu):.2f}"
             )
         load = os.getloadavg()
         print(f"load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")

@@ -1,4 +1,5 @@
-"""The shop's WSGI app with cProfile around each request, for `webhook_profile.py`.
+"""The shop's WSGI app with cProfile around each request, for `webhook_profile.py` and
+`page_profile.py`.
 
     gunicorn bench.profiled_wsgi:app      (SMI_PROFILE_DIR: where each worker writes its stats)
 

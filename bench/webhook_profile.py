@@ -68,11 +68,13 @@ AREAS = (
 )
 
 
-def area_rows(stats: pstats.Stats) -> list[tuple[str, float, int]]:
+def area_rows(
+    stats: pstats.Stats, areas: tuple[tuple[str, str, str], ...] = AREAS
+) -> list[tuple[str, float, int]]:
     """(label, cumulative seconds, calls) of each area; 0 when the function never ran."""
     raw = stats.stats  # type: ignore[attr-defined]
     rows = []
-    for label, ending, name in AREAS:
+    for label, ending, name in areas:
         seconds, calls = 0.0, 0
         for (filename, _line, function), (_cc, nc, _tt, ct, _callers) in raw.items():
             if function == name and filename.endswith(ending):

@@ -77,25 +77,44 @@ class BufferedView:
     at: dt.datetime
 
 
+def new_image_view(*, attachment_id: int, post_id: int | None) -> BufferedView:
+    """An image view made now, with the id the buffer and the table know it by."""
+    return BufferedView(uuid.uuid4().hex, post_id, attachment_id, utcnow())
+
+
+def buffer_entry(view: BufferedView) -> str:
+    """A view as the buffer keeps it."""
+    return json.dumps(
+        {
+            "id": view.id,
+            "post_id": view.post_id,
+            "attachment_id": view.attachment_id,
+            "at": view.at.isoformat(),
+        }
+    )
+
+
 def record_image_view(
-    connection: Redis, *, attachment_id: int, post_id: int, user_agent: str
+    connection: Redis,
+    *,
+    attachment_id: int,
+    post_id: int,
+    user_agent: str,
+    view: BufferedView | None = None,
 ) -> None:
     """A person opened an image's page: buffer the view in Redis (a robot's visit is not counted).
 
     While Redis is unreachable the row is written at once, in its own commit, as before the
-    buffer: the page still shows, the count stays exact, and a line says so.
+    buffer: the page still shows, the count stays exact, and a line says so. A `view` given is
+    one that may have reached the buffer already (its pipeline failed): its id makes it count
+    once whichever way it arrives.
     """
     if is_bot(user_agent):
         return
-    view = {
-        "id": uuid.uuid4().hex,
-        "post_id": post_id,
-        "attachment_id": attachment_id,
-        "at": utcnow().isoformat(),
-    }
+    view = view or new_image_view(attachment_id=attachment_id, post_id=post_id)
     try:
         # Sent twice by a retry, it is still folded once: the id is the same.
-        connection.rpush(BUFFER_KEY, json.dumps(view))
+        connection.rpush(BUFFER_KEY, buffer_entry(view))
     except RedisError as exc:
         log.warning("image view written to the database: Redis is unreachable (%s)", exc)
         db.session.add(
@@ -103,10 +122,22 @@ def record_image_view(
                 kind=IMAGE_VIEWED,
                 post_id=post_id,
                 attachment_id=attachment_id,
-                buffer_id=view["id"],
+                buffer_id=view.id,
             )
         )
         transactions.commit()
+
+
+def withdraw_image_view(connection: Redis, view: BufferedView) -> None:
+    """Take back a view buffered for a page that then did not show it (the image was gone)."""
+    entry = buffer_entry(view)
+    try:
+        with connection.pipeline(transaction=True) as pipe:
+            pipe.lrem(BUFFER_KEY, 1, entry)
+            pipe.lrem(FOLDING_KEY, 1, entry)
+            pipe.execute()
+    except RedisError as exc:
+        log.warning("a view of a removed image stays counted: Redis is unreachable (%s)", exc)
 
 
 def fold_buffered_views(connection: Redis) -> int:

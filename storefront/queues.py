@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
+from typing import Any
 
 from flask import Flask
 from redis import Redis
 from redis.backoff import ExponentialBackoff
+from redis.client import Pipeline
 from redis.exceptions import RedisError
 from redis.retry import Retry
 from rq import Queue
@@ -86,6 +89,37 @@ def versions(app: Flask) -> dict[str, int] | None:
     if pinned is not None:
         pinned["versions"] = found
     return found
+
+
+def versions_with(app: Flask, add: Callable[[Pipeline], Any]) -> list[Any]:
+    """Send the commands `add` puts in a pipeline with this request's read of the version
+    counters (one round trip instead of two), and pin what was read; the commands' results.
+
+    RedisError if Redis is unreachable: the counters are then unknown for the request, as in
+    `versions`, and the commands may or may not have run.
+    """
+    pinned = _pinned.get()
+    known = pinned is not None and "versions" in pinned
+    try:
+        if not known and time.monotonic() < app.extensions.get("smi_versions_down_until", 0.0):
+            raise RedisError("unreachable a moment ago")
+        with redis_connection(app).pipeline(transaction=False) as pipe:
+            if not known:
+                pipe.mget([VERSION_KEY.format(name) for name in VERSION_NAMES])
+            add(pipe)
+            results = pipe.execute()
+    except RedisError:
+        if not known:
+            app.extensions["smi_versions_down_until"] = time.monotonic() + 1.0
+            if pinned is not None:
+                pinned["versions"] = None
+        raise
+    if not known:
+        raw = results.pop(0)
+        found = {name: int(value or 0) for name, value in zip(VERSION_NAMES, raw, strict=True)}
+        if pinned is not None:
+            pinned["versions"] = found
+    return list(results)
 
 
 def bump_version(app: Flask, name: str) -> None:

@@ -44,10 +44,19 @@ SECRET_HEADERS = frozenset(
 HEADER_ATOM = re.compile(r"\{(?:http_)?([^}]+)\}[ioe]", re.IGNORECASE)
 
 
+SECRET_PATTERNS = (*SECRET_PATHS, *SECRET_TEXT)
+# Any of them, in one search (case-insensitive: it finds at least what each finds). Most texts
+# have no secret, an access line's atoms least of all (a date, a status, a size, each header):
+# one search instead of trying every replacement was half of a page request's CPU in gunicorn.
+ANY_SECRET = re.compile("|".join(f"(?:{p.pattern})" for p, _ in SECRET_PATTERNS), re.IGNORECASE)
+
+
 def redact(text: str) -> str:
     """`text` with every secret part of a URL path, and every secret in it, replaced by a
     placeholder."""
-    for pattern, replacement in (*SECRET_PATHS, *SECRET_TEXT):
+    if ANY_SECRET.search(text) is None:
+        return text
+    for pattern, replacement in SECRET_PATTERNS:
         text = pattern.sub(replacement, text)
     return text
 

@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from flask.testing import FlaskClient
 from redis import Redis
+from redis.client import Pipeline
 from redis.exceptions import RedisError
 from sqlalchemy import func, select
 
@@ -22,6 +24,7 @@ from storefront.models import Attachment, FunnelEvent
 from storefront.queues import redis_connection
 from storefront.reports.dashboard import DateRange, funnel_steps
 from storefront.settings_editor import update_settings
+from tests import admin_helpers
 from tests.factories import make_attachment
 
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
@@ -155,6 +158,34 @@ def test_the_sweep_folds_the_buffered_views(app: Flask, image: Attachment) -> No
     assert _rows() == 2
 
 
+def test_a_view_whose_answer_from_redis_is_lost_is_counted_once(
+    app: Flask, image: Attachment, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _view(app, image)  # this process now has a copy: the next view goes with the version read
+    execute, rpush = Pipeline.execute, Redis.rpush
+
+    def lost_answer(pipe: Pipeline, *args: Any, **kwargs: Any) -> Any:
+        execute(pipe, *args, **kwargs)  # Redis did it, but the answer never came back
+        raise RedisError("connection lost")
+
+    def refused(client: Redis, *args: Any) -> Any:
+        if isinstance(client, Pipeline):
+            return rpush(client, *args)  # queued in the pipeline
+        raise RedisError("connection refused")
+
+    monkeypatch.setattr(Pipeline, "execute", lost_answer)
+    monkeypatch.setattr(Redis, "rpush", refused)
+    with caplog.at_level(logging.WARNING, logger="smi.funnel"):
+        assert "Lighthouse" in _view(app, image)
+    monkeypatch.undo()
+    assert "image view written to the database" in caplog.text
+    redis = redis_connection(app)
+    assert redis.llen(funnel.BUFFER_KEY) == 2 and _rows() == 1  # in both places...
+    assert _dashboard_views() == 2  # ...and counted once
+    assert funnel.fold_buffered_views(redis) == 1
+    assert _rows() == 2 and _dashboard_views() == 2
+
+
 def test_with_redis_down_the_page_shows_and_the_view_is_written_at_once(
     app_config: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -209,4 +240,61 @@ def test_an_image_removed_is_a_404_at_once_in_another_process(
     _view(other_process, image)
     db.session.delete(image)
     db.session.commit()
-    assert other_process.test_client().get(f"/images/{image.id}").status_code == 404
+    gone = other_process.test_client().get(f"/images/{image.id}", headers={"User-Agent": BROWSER})
+    assert gone.status_code == 404
+    assert _dashboard_views() == 1  # the view of the page that was not shown is not counted
+
+
+csrf_app = admin_helpers.csrf_app
+
+GERMAN = {"User-Agent": BROWSER, "Accept-Language": "de-DE,de;q=0.9"}
+ENGLISH = {"User-Agent": BROWSER, "Accept-Language": "en-GB,en;q=0.9"}
+
+
+def test_a_kept_image_page_carries_each_visitors_own_csrf_token(csrf_app: Flask) -> None:
+    with csrf_app.app_context():
+        attachment = make_attachment(csrf_app, title="Lighthouse")
+        db.session.commit()
+        path = f"/images/{attachment.id}"
+    first, second = csrf_app.test_client(), csrf_app.test_client()
+    pages = [c.get(path, headers=ENGLISH) for c in (first, second, first)]
+    assert [page.status_code for page in pages] == [200, 200, 200]
+    tokens = [admin_helpers.csrf_token(page.get_data(as_text=True)) for page in pages]
+    assert tokens[0] != tokens[1]  # the second visitor's page is not the first one's
+    assert pages[0].get_data(as_text=True).replace(tokens[0], "") == pages[1].get_data(
+        as_text=True
+    ).replace(tokens[1], "")
+    # Each token is the one of its visitor's session: accepted from them, refused from the other.
+    assert second.post("/language/de", data={"csrf_token": tokens[0]}).status_code == 400
+    assert second.post("/language/de", data={"csrf_token": tokens[1]}).status_code == 303
+    assert first.post("/language/de", data={"csrf_token": tokens[2]}).status_code == 303
+
+
+def test_a_kept_page_in_german_is_never_sent_to_an_english_buyer(
+    app: Flask, client: FlaskClient, image: Attachment
+) -> None:
+    post = f"/posts/{image.post.slug}"
+    for path in (f"/images/{image.id}", "/", post):
+        for headers, language in ((GERMAN, "de"), (ENGLISH, "en"), (GERMAN, "de"), ({}, "en")):
+            response = client.get(path, headers=headers)
+            page = response.get_data(as_text=True)
+            assert f'<html lang="{language}">' in page, (path, language)
+            assert response.headers["Content-Language"] == language
+    chosen = app.test_client()
+    chosen.set_cookie("lang", "de")
+    page = chosen.get(f"/images/{image.id}", headers=ENGLISH).get_data(as_text=True)
+    assert '<html lang="de">' in page
+
+
+def test_a_flashed_message_and_a_cancelled_checkout_show_on_a_kept_page(
+    app: Flask, client: FlaskClient, image: Attachment
+) -> None:
+    path = f"/images/{image.id}"
+    client.get(path, headers=ENGLISH)  # kept
+    cancelled = client.get(path + "?cancelled=1", headers=ENGLISH).get_data(as_text=True)
+    assert "Checkout cancelled: nothing was charged." in cancelled
+    assert "Checkout cancelled" not in client.get(path, headers=ENGLISH).get_data(as_text=True)
+    with client.session_transaction() as session:
+        session["_flashes"] = [("info", "Your link is on its way.")]
+    assert "Your link is on its way." in client.get(path, headers=ENGLISH).get_data(as_text=True)
+    assert "Your link is on its way." not in client.get(path).get_data(as_text=True)

@@ -274,3 +274,34 @@ def test_a_session_stripe_closed_or_about_to_expire_is_not_reused(
     third = _buy(client, attachment, "hal@example.com")
     assert third.headers["Location"] not in (first.headers["Location"], second.headers["Location"])
     assert _jobs() == 3
+
+
+def test_pages_without_limits_skip_the_check_but_a_default_limit_still_holds() -> None:
+    # The shop sets no default limit, so its pages skip Flask-Limiter's before_request check;
+    # one that sets a default still gets it on every page, as with Flask-Limiter's own class.
+    from flask_limiter.util import get_remote_address
+
+    from storefront.extensions import Limiter
+
+    def site(default_limits: list[str]) -> FlaskClient:
+        shop = Flask(__name__)
+        shop.config["RATELIMIT_STORAGE_URI"] = "memory://"
+        limiter = Limiter(key_func=get_remote_address, default_limits=default_limits)
+        limiter.init_app(shop)
+
+        @shop.get("/page")
+        def page() -> str:
+            return "a page"
+
+        @shop.get("/buy")
+        @limiter.limit("1/minute")
+        def buy() -> str:
+            return "bought"
+
+        return shop.test_client()
+
+    unlimited = site([])
+    assert [unlimited.get("/page").status_code for _ in range(5)] == [200] * 5
+    assert [unlimited.get("/buy").status_code for _ in range(2)] == [200, 429]
+    limited = site(["2/minute"])
+    assert [limited.get("/page").status_code for _ in range(3)] == [200, 200, 429]

@@ -345,6 +345,14 @@ def image_for_page(app: Flask, attachment_id: int) -> CatalogImage | None:
     return copies.images[attachment_id]
 
 
+def last_read_image(app: Flask, attachment_id: int) -> CatalogImage | None:
+    """This process's copy of an image as of the catalog version it read last, without asking
+    Redis whether that is still the version (None if it has none): a guess, to be checked with
+    `image_for_page`."""
+    copies: _PageCopies | None = app.extensions.get("smi_page_copies")
+    return None if copies is None else copies.images.get(attachment_id)
+
+
 def ready_samples(app: Flask, attachment_id: int) -> tuple[ReadySample, ...]:
     """The image's samples that are made, read once per catalog version: recording a sample
     bumps the version, so a page knows what is ready without asking storage."""

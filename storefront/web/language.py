@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+from babel import Locale
 from flask import Blueprint, Flask, abort, redirect, request
 from flask.typing import ResponseReturnValue
 from flask_babel import get_locale, refresh
+from werkzeug.datastructures import LanguageAccept
+from werkzeug.http import parse_accept_header
 from werkzeug.wrappers import Response
 
 from storefront.i18n import (
@@ -23,15 +27,29 @@ from storefront.i18n import (
 bp = Blueprint("language", __name__)
 
 
-def select_locale() -> str:
+def select_locale() -> str | Locale:
     """Flask-Babel's locale selector: the language of this request (English outside one)."""
     if not request:
         return LANGUAGES[0]
-    return choose_language(
+    chosen = choose_language(
         request.path,
         request.cookies.get(LANGUAGE_COOKIE),
-        request.accept_languages.best_match(LANGUAGES),
+        _browser_best(request.headers.get("Accept-Language", "")),
     )
+    return _locale(chosen)
+
+
+@functools.lru_cache(maxsize=256)
+def _browser_best(accept_language: str) -> str | None:
+    """The best of LANGUAGES for an Accept-Language header (`request.accept_languages`' answer),
+    worked out once per header value: browsers send a handful of them."""
+    return parse_accept_header(accept_language, LanguageAccept).best_match(LANGUAGES)
+
+
+@functools.cache
+def _locale(code: str) -> Locale:
+    """Babel's Locale of one of LANGUAGES, made once (Flask-Babel parses a code per request)."""
+    return Locale.parse(code)
 
 
 @bp.route("/language/<code>", methods=["GET", "POST"])
@@ -75,8 +93,7 @@ def vary_by_language(response: Response) -> Response:
     if request.path.startswith(("/static/", *ENGLISH_ONLY_PREFIXES)):
         return response
     if response.mimetype in ("text/html", "application/json"):
-        response.vary.add("Accept-Language")
-        response.vary.add("Cookie")
+        response.vary.update(("Accept-Language", "Cookie"))
         response.headers.setdefault("Content-Language", str(get_locale() or LANGUAGES[0]))
     return response
 

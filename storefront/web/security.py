@@ -1,7 +1,9 @@
-"""What every response says about its own safety, and how large a request body each page takes.
+"""What every response says about its own safety, how large a request body each page takes, and
+the signed session cookie.
 
-`install(app)` puts both on the app: the headers on every response (one place for them, admin
-pages included), and the body limit before any other hook can read a body.
+`install(app)` puts them on the app: the headers on every response (one place for them, admin
+pages included), the body limit before any other hook can read a body, and the session cookie's
+signer made once.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import io
 from typing import IO, Any, cast
 
 from flask import Flask, abort, current_app, request
+from flask.sessions import SecureCookieSessionInterface
+from itsdangerous import URLSafeTimedSerializer
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Response
 
@@ -42,6 +46,22 @@ def install(app: Flask) -> None:
     app.before_request(refuse_nul_in_url)
     app.before_request(limit_request_body)
     app.after_request(add_security_headers)
+    app.session_interface = SessionCookies()
+
+
+class SessionCookies(SecureCookieSessionInterface):
+    """Flask's signed cookie sessions, whose signer is made once per secret key (and fallbacks)
+    instead of at each opening and each save of a session (about 0.2 ms each)."""
+
+    _signer: tuple[tuple[Any, ...], URLSafeTimedSerializer | None] | None = None
+
+    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
+        """Flask's serializer for `app`'s keys, kept while they stay the same."""
+        keys = (app.secret_key, tuple(app.config.get("SECRET_KEY_FALLBACKS") or ()))
+        kept = self._signer
+        if kept is None or kept[0] != keys:
+            kept = self._signer = (keys, super().get_signing_serializer(app))
+        return kept[1]
 
 
 def refuse_nul_in_url() -> None:
