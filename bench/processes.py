@@ -1,5 +1,5 @@
-"""Child processes of the benchmarks: a free port to give one, stopping one, and a throwaway
-PostgreSQL cluster."""
+"""Child processes of the benchmarks: a free port to give one, stopping one, a child's own peak
+memory, and a throwaway PostgreSQL cluster."""
 
 from __future__ import annotations
 
@@ -29,6 +29,17 @@ def stop(process: subprocess.Popen[bytes] | None) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=5)
+
+
+def own_peak_rss_mib() -> float:
+    """This process's own peak resident set (VmHWM), in MiB.
+
+    Not `ru_maxrss`: Linux carries that across fork and exec, so a child started by a big parent
+    reports the parent's peak when its own is smaller."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("/proc/self/status has no VmHWM line")
 
 
 class ThrowawayPostgres:

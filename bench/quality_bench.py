@@ -5,7 +5,7 @@ lanczos3 `resize`, saved in the photo's own format (JPEG at quality 90, so JPEG 
 neural engine's denoising first pass), and upscaled back. Scores are on Rec. 601 luminance: PSNR,
 and SSIM with the 11x11 Gaussian window (sigma 1.5) of Wang et al. 2004, computed over the valid
 region (no padding). Every upscale runs in its own Python process so its wall time and peak RSS
-(ru_maxrss) belong to that upscale alone; model loading counts, interpreter start-up does not.
+(VmHWM) belong to that upscale alone; model loading counts, interpreter start-up does not.
 The machine has 2 cores shared with other work, so times are noisy: run twice before trusting one.
 
     .venv/bin/python bench/quality_bench.py [--out /tmp/smi-quality.png] [--tiers]
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,8 @@ import pyvips
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from bench.processes import own_peak_rss_mib  # noqa: E402
 
 PHOTO_DIRS = (ROOT / "storefront" / "demo" / "images", ROOT / "tests" / "data")
 CROP = 128  # side of the crop each photo contributes to the side-by-side picture, in output pixels
@@ -129,7 +130,7 @@ def run_one(engine: str, factor: int, source: Path, output: Path, plan: str) -> 
             neural.PLANS[factor] = neural._Plan(passes, resample)
         get_engine(engine, {}).upscale(source, factor, output)
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = own_peak_rss_mib()
     print(json.dumps({"seconds": seconds, "peak_mib": peak}))
 
 

@@ -2,7 +2,7 @@
 
 The path is the worker's own: take a local copy of the original (a download from the bucket with
 `s3`), run the local engine into WORK_DIR, store the result (a rename with `local`, a multipart
-upload with `s3`). Each case runs in a fresh interpreter, so ru_maxrss is that case's peak alone.
+upload with `s3`). Each case runs in a fresh interpreter, and VmHWM is that case's peak alone.
 The `s3` cases use a local SeaweedFS on loopback.
 
 Run: .venv/bin/python bench/storage_bench.py [--megapixels 12] [--factor 8]
@@ -26,8 +26,9 @@ sys.path.insert(0, str(ROOT))
 from devservers.seaweed import LocalS3, hermetic_aws_environment  # noqa: E402
 
 CHILD = """
-import json, resource, sys, time
+import json, sys, time
 from pathlib import Path
+from bench.processes import own_peak_rss_mib
 from storefront import create_app
 from storefront.storage import backend, temporary_path
 from worker.engines.local import LocalEngine
@@ -48,7 +49,7 @@ with app.app_context():
 print(json.dumps({
     "fetch": fetched - started, "upscale": made - fetched, "store": stored - made,
     "total": stored - started, "bytes": size,
-    "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "peak_rss_mib": own_peak_rss_mib(),
 }))
 """
 

@@ -33,11 +33,12 @@ PHOTO = ROOT / "tests" / "data" / "astronaut.png"
 SIZES = {1: (1155, 866), 4: (2309, 1732), 12: (4000, 3000)}
 FACTORS = (4, 8)
 
-# Each run is a fresh interpreter, so ru_maxrss is that run's peak alone; imports are not timed.
+# Each run is a fresh interpreter, and VmHWM is that run's peak alone; imports are not timed.
 CHILD = """
 import json, resource, sys, time
 from pathlib import Path
 import pyvips
+from bench.processes import own_peak_rss_mib
 from worker.engines.local import LocalEngine, jpeg_options
 
 mode, source, factor, output = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
@@ -54,7 +55,7 @@ after = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({
     "seconds": seconds,
     "cpu_seconds": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
-    "peak_rss_mib": after.ru_maxrss / 1024,
+    "peak_rss_mib": own_peak_rss_mib(),
 }))
 """
 
