@@ -16,18 +16,19 @@ from tests.factories import make_attachment
 def test_estimate_grows_with_the_input_and_the_factor() -> None:
     small, large = neural_seconds(500, 500, 4), neural_seconds(2000, 2000, 4)
     assert 1 < small < large
-    assert neural_seconds(1000, 750, 4) < 30  # about 16 s measured for this case
+    assert neural_seconds(1000, 750, 4) < 10  # 1 MP at 4x: about 4 s measured (one pass)
 
 
 def test_tiers_within_the_guard_use_neural_and_others_the_configured_path(app: Flask) -> None:
     app.config.update(UPSCALER="neural", NEURAL_MAX_MINUTES=1, NEURAL_OVER_LIMIT="local")
-    assert neural_seconds(300, 200, 4) < 60 < neural_seconds(2000, 2000, 4)
+    assert neural_seconds(300, 200, 4) < 60 < neural_seconds(4000, 4000, 4)
     assert engine_for(300, 200, 4, app.config) == "neural"
-    assert engine_for(2000, 2000, 4, app.config) == "local"
+    assert engine_for(3000, 2000, 4, app.config) == "neural"  # 6 MP at 4x is one network pass
+    assert engine_for(4000, 4000, 4, app.config) == "local"
     app.config["NEURAL_OVER_LIMIT"] = "unavailable"
-    assert engine_for(2000, 2000, 4, app.config) is None
+    assert engine_for(4000, 4000, 4, app.config) is None
     app.config["UPSCALER"] = "local"
-    assert engine_for(2000, 2000, 4, app.config) == "local"
+    assert engine_for(4000, 4000, 4, app.config) == "local"
 
 
 def test_image_page_says_which_engine_each_tier_uses(app: Flask, client: FlaskClient) -> None:

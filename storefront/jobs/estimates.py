@@ -9,15 +9,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-# Seconds per megapixel fed to one 2x pass, tiles, margins and file I/O included: 4x of a 1000x750
-# JPEG (3.75 MP of pass input) took 15.0-15.8 s and 4x of 2142x1868 took 80-83 s, with 2 ncnn
-# threads on the otherwise idle 2-core development Xeon (AVX-512). One thread is about 1.7 times
-# slower. When other work shares the cores, ncnn's threads wait for each other: 2-4x slower.
+# Seconds per megapixel fed to one 2x pass, tiles, margins and file I/O included: a pass took
+# 2.6-3.5 s per megapixel (bench/neural_bench.py) and 4x of a 1 MP JPEG, one pass and the rest,
+# 3.8-4.0 s, with 2 ncnn threads on the otherwise idle 2-core development machine (AVX-512); when
+# other work shares the cores, ncnn's threads wait for each other: 2-4x slower. One thread is
+# 1.3-1.8 times slower.
 NET_SECONDS_PER_MEGAPIXEL = 4.0
 # Seconds per output megapixel for the final resample and encoding (PNG, the slower format).
 SAVE_SECONDS_PER_MEGAPIXEL = 0.06
-# Network 2x passes per factor; what is left of the factor is a plain resample (see the engine).
-NEURAL_PASSES: dict[int, int] = {2: 1, 4: 2, 8: 2}
+# Network 2x passes per factor; a Lanczos3 enlargement does the rest (the engine says why).
+NEURAL_PASSES: dict[int, int] = {2: 1, 4: 1, 8: 2}
 
 
 def neural_seconds(width: int, height: int, factor: int) -> float:

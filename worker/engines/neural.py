@@ -5,13 +5,14 @@ with PREPADDING pixels of real neighbours (edge pixels repeated at the image bor
 and the network's unpadded convolutions consume exactly that margin, so each tile's 2T x 2T output
 is what one run over the whole image would give there. Tiles meet without seams, nothing is
 blended. Passes read and write raw RGB rows in temporary files beside the output, one band of tiles
-at a time, and libvips streams the last one into the encoder, so memory does not grow with the
-image: 410-435 MiB peak RSS for the largest tiers offered (4x of 4 MP, 8x of 1.5 MP), most of it
-ncnn's buffers for one tile of up to 192 pixels a side.
+at a time, and libvips streams the last one, enlarged by the local engine's Lanczos3 where the
+plan says, into the encoder. So memory hardly grows with the image: peak RSS 378 MiB for 4x of
+4 MP (PNG), 403 MiB for 8x of 1.5 MP, 509 MiB for 4x of 16 MP (bench/quality_bench.py --tiers),
+most of it ncnn's buffers for one tile of up to 192 pixels a side.
 
 Measured with bench/quality_bench.py on the five demo photos, downscaled 4x with libvips lanczos3
 and upscaled back, mean luminance PSNR / SSIM: local engine 27.84 dB / 0.777, this engine
-28.89 dB / 0.808.
+28.86 dB / 0.807.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from storefront.jobs.estimates import NEURAL_PASSES
 from storefront.jobs.estimates import neural_seconds as estimate_seconds
 from worker.engines.base import PermanentUpscaleError, TransientUpscaleError, UpscaleResult
 from worker.engines.imaging import vips_message
+from worker.engines.local import lanczos3_upscale
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +67,6 @@ DEFAULT_TILE_SIZE = 192
 # Blur radius that carries visible colour into transparent pixels: past the network's 7-pixel reach.
 BLEED_SIGMA = 4.0
 
-# Largest inputs the shop offers on this engine, in megapixels, by factor: what the memory figure
-# above was measured for.
-MAX_INPUT_MEGAPIXELS: dict[int, float] = {4: 4.0, 8: 1.5}
-
 JPEG_QUALITY = 95  # as the local engine
 # Formats written, with the largest side each can hold.
 OUTPUT_LIMITS: dict[str, int] = {
@@ -81,19 +79,23 @@ OUTPUT_LIMITS: dict[str, int] = {
 
 @dataclass(frozen=True)
 class _Plan:
-    """How a factor is reached: network 2x passes, then a centred_upscale by `resample`."""
+    """How a factor is reached: network 2x passes, then a Lanczos3 enlargement by `resample`."""
 
     passes: int
     resample: int
 
 
-# 8x is (b) two network passes and a 2x centred_upscale rather than (a) three passes. The third
-# pass would cost four times the first two together (16 units of pass input against 1 + 4: for a
-# 1.5 MP input about 126 s against 36 s) and measured no better. The demo photos downscaled 8x and
-# upscaled back (bench/quality_bench.py, idle machine), mean luminance PSNR, SSIM and seconds:
-#   local engine      25.11 dB  0.680  0.0 s
-#   (a) three passes  25.91 dB  0.716  0.6 s   +0.80 dB over local, 1.4 dB/s
-#   (b) two + resize  25.96 dB  0.717  0.2 s   +0.86 dB over local, 4.1 dB/s
+# A pass costs four times the one before it (it takes in twice the width and height), so each
+# factor has as few as its quality needs, and a Lanczos3 enlargement (the local engine's, on the
+# network's pixel grid) does the rest. The demo photos downscaled 4x or 8x and upscaled back
+# (bench/quality_bench.py), mean luminance PSNR and SSIM, and network work in units of a pass over
+# the input:
+#   4x  two passes                      28.89 dB  0.809  5 units
+#   4x  one pass + Lanczos3 2x          28.86 dB  0.807  1 unit   (bicubic 2x: 28.84 dB)
+#   8x  three passes                    25.91 dB  0.716  21 units
+#   8x  two passes + Lanczos3 2x        25.96 dB  0.716  5 units  (bicubic 2x: 25.96 dB)
+#   8x  one pass + Lanczos3 4x          25.92 dB  0.713  1 unit
+# 4x takes one pass (0.03 dB for a fifth of the work); 8x keeps two, as one would lose 0.05 dB.
 PLANS: dict[int, _Plan] = {
     factor: _Plan(passes, factor // 2**passes) for factor, passes in NEURAL_PASSES.items()
 }
@@ -191,8 +193,7 @@ class NeuralEngine:
             with tempfile.TemporaryDirectory(prefix=".neural-", dir=output.parent) as tmp:
                 try:
                     rgb = self._network_passes(colour, plan.passes, first_model, Path(tmp))
-                    if plan.resample > 1:
-                        rgb = centred_upscale(rgb, plan.resample)
+                    rgb = _enlarge(rgb, plan.resample)
                     result = _reassemble(rgb, grey, alpha, factor, icc)
                     _save(result, output)
                 finally:
@@ -316,6 +317,15 @@ def _infer(net: Any, tile: np.ndarray) -> np.ndarray:
     return (np.clip(result, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(1, 2, 0)
 
 
+def _enlarge(rgb: Any, factor: int) -> Any:
+    """8-bit RGB enlarged by `factor` with the local engine's Lanczos3, on the network's grid."""
+    if factor == 1:
+        return rgb
+    upscaled = lanczos3_upscale(rgb.cast("float"), factor)
+    # Lanczos overshoots a little at hard edges; the cast clips back into range.
+    return upscaled.rint().cast("uchar").copy(interpretation="srgb")
+
+
 def centred_upscale(image: Any, factor: int, interpolator: str = "bicubic") -> Any:
     """Enlarge by `factor` as libvips' lanczos3 `resize` does, on the grid the network uses
     (or with another libvips interpolator: "bilinear" is a browser's plain enlargement).
@@ -323,7 +333,7 @@ def centred_upscale(image: Any, factor: int, interpolator: str = "bicubic") -> A
     For enlarging, `resize(f, kernel="lanczos3")` is exactly `affine` with the bicubic interpolator
     (identical pixels), but it samples output pixel j at input j/f - 1/2: half an output pixel off
     the centre convention (j + 1/2)/f - 1/2 that the network and box or lanczos downscales use.
-    Shifting it back is worth 0.24 dB on the final 2x of the 8x plan (demo photos, mean).
+    Shifting it back was worth 0.24 dB on the final 2x of the 8x plan, when that used it.
     """
     if factor == 1:
         return image
