@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -68,7 +69,7 @@ LEVERS: dict[str, tuple[dict[str, Any], int, int]] = {
 
 
 def time_lever(options: dict[str, Any], tile: int, at_once: int, reps: int, out: Path) -> None:
-    """Child process: time `reps` tiles with these options; print JSON, save the last output."""
+    """Child process: time `reps` tiles with these options; print JSON, save the first output."""
     import ncnn
     import numpy as np
 
@@ -76,7 +77,7 @@ def time_lever(options: dict[str, Any], tile: int, at_once: int, reps: int, out:
 
     net = ncnn.Net()
     net.opt.use_vulkan_compute = False
-    net.opt.num_threads = 2
+    net.opt.num_threads = os.cpu_count() or 1  # as the engine, unless the lever says
     allocators = (ncnn.PoolAllocator(), ncnn.PoolAllocator())
     net.opt.blob_allocator, net.opt.workspace_allocator = allocators
     for name, value in options.items():
