@@ -33,6 +33,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     environ = environment() if config is None else {}
     app.config.update(load_settings(app.instance_path, config, environ))
+    _send_shared_pages(app)  # the innermost WSGI layer: the ones below see every request
     _trust_proxies(app)
     _configure_logging(app)
     _install_security(app)  # before the extensions' hooks, which read bodies
@@ -100,6 +101,13 @@ def _set_engine_options(app: Flask) -> None:
         options.setdefault("pool_pre_ping", True)
         options.setdefault("pool_size", int(app.config["DATABASE_POOL_SIZE"]))
         options.setdefault("max_overflow", int(app.config["DATABASE_MAX_OVERFLOW"]))
+
+
+def _send_shared_pages(app: Flask) -> None:
+    """Pages every visitor gets alike go out before Flask (storefront/web/page_cache.py)."""
+    from storefront.web import page_cache
+
+    page_cache.install(app)
 
 
 def _trust_proxies(app: Flask) -> None:

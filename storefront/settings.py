@@ -93,6 +93,18 @@ def generation(app: Flask | None = None) -> int:
     return _saved(_app(app)).generation
 
 
+def settled_generation(app: Flask, found_versions: Mapping[str, int]) -> int | None:
+    """The generation `current()` would answer now without looking at the table, given the
+    version counters just read; None when it would look (a save this process has not seen, or
+    its CACHE_SECONDS are up)."""
+    saved = _saved(app)
+    if found_versions["settings"] != saved.version:
+        return None
+    if time.monotonic() - saved.checked_at > CACHE_SECONDS:
+        return None
+    return saved.generation
+
+
 def get(name: str, app: Flask | None = None) -> Any:
     """One setting's value in force now."""
     return current(app)[name]

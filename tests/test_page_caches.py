@@ -10,12 +10,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from flask import Flask
+from flask import Flask, request
 from flask.testing import FlaskClient
 from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import RedisError
 from sqlalchemy import func, select
+from werkzeug.datastructures import Headers
 
 from storefront import create_app, funnel, settings, transactions
 from storefront.catalog.editing import update_image
@@ -24,6 +25,7 @@ from storefront.models import Attachment, FunnelEvent
 from storefront.queues import redis_connection
 from storefront.reports.dashboard import DateRange, funnel_steps
 from storefront.settings_editor import update_settings
+from storefront.web.metrics import HTTP_REGISTRY
 from tests import admin_helpers
 from tests.factories import make_attachment
 
@@ -298,3 +300,108 @@ def test_a_flashed_message_and_a_cancelled_checkout_show_on_a_kept_page(
         session["_flashes"] = [("info", "Your link is on its way.")]
     assert "Your link is on its way." in client.get(path, headers=ENGLISH).get_data(as_text=True)
     assert "Your link is on its way." not in client.get(path).get_data(as_text=True)
+
+
+def _flask_sees(app: Flask) -> list[str]:
+    """The paths of the requests that reach Flask from now on (not the ones sent before it)."""
+    seen: list[str] = []
+    app.before_request(lambda: seen.append(request.full_path.rstrip("?")))
+    return seen
+
+
+def _without_request_id(headers: Headers) -> list[tuple[str, str]]:
+    return [(name, value) for name, value in headers.items() if name.lower() != "x-request-id"]
+
+
+def _requests_counted(endpoint: str) -> float:
+    counted = HTTP_REGISTRY.get_sample_value(
+        "smi_http_requests_total", {"endpoint": endpoint, "status": "200"}
+    )
+    return counted or 0.0
+
+
+def test_a_shared_page_goes_out_again_before_flask_as_flask_sent_it(
+    app: Flask, image: Attachment
+) -> None:
+    seen = _flask_sees(app)
+    post = f"/posts/{image.post.slug}"
+    counted = _requests_counted("shop.post")
+    visitor = app.test_client()
+
+    first, again = visitor.get(post, headers=ENGLISH), visitor.get(post, headers=ENGLISH)
+    head = visitor.head(post, headers=ENGLISH)
+
+    assert seen == [post]  # only the first reached Flask
+    assert (again.status_code, again.data) == (200, first.data) and b"Lighthouse" in again.data
+    assert _without_request_id(again.headers) == _without_request_id(first.headers)
+    assert again.headers["X-Request-ID"] != first.headers["X-Request-ID"]
+    assert (head.status_code, head.data) == (200, b"")
+    assert head.headers["Content-Length"] == first.headers["Content-Length"]
+    assert _requests_counted("shop.post") == counted + 3
+
+
+def test_a_visitors_own_request_reaches_flask(app: Flask, image: Attachment) -> None:
+    seen = _flask_sees(app)
+    visitor = app.test_client()
+    visitor.get("/", headers=ENGLISH)
+    visitor.get("/", headers=ENGLISH)  # shared
+    visitor.get("/?cancelled=1", headers=ENGLISH)
+    visitor.get(f"/images/{image.id}", headers=ENGLISH)  # counts a view: never shared
+    visitor.get(f"/images/{image.id}", headers=ENGLISH)
+    with visitor.session_transaction() as session:
+        session["_flashes"] = [("info", "Your link is on its way.")]
+    flashed = visitor.get("/", headers=ENGLISH)
+
+    assert "Your link is on its way." in flashed.get_data(as_text=True)
+    assert seen == ["/", "/?cancelled=1", f"/images/{image.id}", f"/images/{image.id}", "/"]
+    assert redis_connection(app).llen(funnel.BUFFER_KEY) == 2
+
+
+def test_each_language_gets_its_own_shared_page(app: Flask, image: Attachment) -> None:
+    seen = _flask_sees(app)
+    chose_german = app.test_client()
+    chose_german.set_cookie("lang", "de")
+    for visitor, headers, language in (
+        (app.test_client(), GERMAN, "de"),
+        (app.test_client(), ENGLISH, "en"),
+        (app.test_client(), GERMAN, "de"),
+        (app.test_client(), ENGLISH, "en"),
+        (chose_german, ENGLISH, "de"),
+        (app.test_client(), {}, "en"),
+    ):
+        response = visitor.get("/", headers=headers)
+        assert f'<html lang="{language}">' in response.get_data(as_text=True), (headers, language)
+        assert response.headers["Content-Language"] == language
+    assert seen == ["/", "/"]  # one German and one English page rendered, then shared
+
+
+def test_a_shared_page_is_dropped_at_once_when_the_catalog_or_a_setting_changes(
+    app: Flask, image: Attachment, other_process: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settings, "CACHE_SECONDS", 3600.0)  # only Redis's versions can tell
+    seen = _flask_sees(other_process)
+    visitor = other_process.test_client()
+    assert "Lighthouse" in visitor.get("/").get_data(as_text=True)
+    visitor.get("/")  # shared
+
+    update_image(image, title="Harbour at dusk", alt_text="", for_sale=True, admin="owner")
+    after_edit = visitor.get("/").get_data(as_text=True)
+    update_settings(app, {"MIN_PRICE": "1234.00"}, admin="owner@shop.test")
+    visitor.get("/")
+
+    assert "Harbour at dusk" in after_edit and "Lighthouse" not in after_edit
+    assert seen == ["/", "/", "/"]  # the first, and the one after each change
+
+
+def test_with_redis_down_no_page_is_shared(app_config: dict[str, Any]) -> None:
+    down = create_app({**app_config, "REDIS_URL": "redis://127.0.0.1:1/0"})
+    seen = _flask_sees(down)
+    with down.app_context():
+        make_attachment(down, title="Harbour")
+        db.session.commit()
+        pages = [down.test_client().get("/") for _ in range(2)]
+        db.session.remove()
+        db.engine.dispose()
+    assert [page.status_code for page in pages] == [200, 200]
+    assert all(b"Harbour" in page.data for page in pages)
+    assert seen == ["/", "/"]

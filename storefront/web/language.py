@@ -34,13 +34,13 @@ def select_locale() -> str | Locale:
     chosen = choose_language(
         request.path,
         request.cookies.get(LANGUAGE_COOKIE),
-        _browser_best(request.headers.get("Accept-Language", "")),
+        browser_best(request.headers.get("Accept-Language", "")),
     )
     return _locale(chosen)
 
 
 @functools.lru_cache(maxsize=256)
-def _browser_best(accept_language: str) -> str | None:
+def browser_best(accept_language: str) -> str | None:
     """The best of LANGUAGES for an Accept-Language header (`request.accept_languages`' answer),
     worked out once per header value: browsers send a handful of them."""
     return parse_accept_header(accept_language, LanguageAccept).best_match(LANGUAGES)

@@ -38,7 +38,9 @@ def index() -> ResponseReturnValue:
     """The catalog: every post with its images."""
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     return render_kept(
-        page_key("catalog"), lambda: render_template("shop/index.html", posts=catalog_posts(app))
+        page_key("catalog"),
+        lambda: render_template("shop/index.html", posts=catalog_posts(app)),
+        shareable=True,
     )
 
 
@@ -48,7 +50,9 @@ def post(slug: str) -> ResponseReturnValue:
     found = catalog_post(current_app._get_current_object(), slug)  # type: ignore[attr-defined]
     if found is None:
         abort(404)
-    return render_kept(page_key("post"), lambda: render_template("shop/post.html", post=found))
+    return render_kept(
+        page_key("post"), lambda: render_template("shop/post.html", post=found), shareable=True
+    )
 
 
 def render_image_page(
