@@ -80,12 +80,18 @@ def current(app: Flask | None = None) -> Settings:
     saved = _saved(app)
     found = versions(app)
     version = None if found is None else found["settings"]
-    if version is not None and version != saved.version:
+    if _due(saved, version):
         _reload_if_changed(app, saved)
-        saved.version = version
-    elif time.monotonic() - saved.checked_at > CACHE_SECONDS:
-        _reload_if_changed(app, saved)
+        if version is not None:
+            saved.version = version
     return Settings(app.config, saved.values)
+
+
+def _due(saved: _Saved, version: int | None) -> bool:
+    """Whether `current()` looks at the table now: a save this process has not seen (by the
+    version in Redis, when it is known), or CACHE_SECONDS since it last looked."""
+    unseen = version is not None and version != saved.version
+    return unseen or time.monotonic() - saved.checked_at > CACHE_SECONDS
 
 
 def generation(app: Flask | None = None) -> int:
@@ -98,11 +104,7 @@ def settled_generation(app: Flask, found_versions: Mapping[str, int]) -> int | N
     version counters just read; None when it would look (a save this process has not seen, or
     its CACHE_SECONDS are up)."""
     saved = _saved(app)
-    if found_versions["settings"] != saved.version:
-        return None
-    if time.monotonic() - saved.checked_at > CACHE_SECONDS:
-        return None
-    return saved.generation
+    return None if _due(saved, found_versions["settings"]) else saved.generation
 
 
 def get(name: str, app: Flask | None = None) -> Any:
