@@ -303,7 +303,11 @@ def test_access_logs_keep_no_secret_and_nginx_serves_the_rest(site: Site) -> Non
     def logs() -> tuple[str, str]:
         return site.nginx_log.read_text(), site.gunicorn_log.read_text()
 
-    nginx, gunicorn = wait_until(lambda: all(log.count("/admin/jobs") for log in logs()) and logs())
+    # Each gunicorn worker writes its own lines: wait for every request's, in whatever order.
+    requested = ("/download/", f"/orders/{job.job_id}", "/admin/jobs")
+    nginx, gunicorn = wait_until(
+        lambda: all(path in log for log in logs() for path in requested) and logs()
+    )
     for log in (nginx, gunicorn):
         assert TOKEN not in log and session_id not in log
         assert '"GET /download/[token]/file HTTP/1.' in log
